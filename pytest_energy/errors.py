@@ -1,0 +1,23 @@
+"""Named exceptions: every error a user can cause says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class EnergyError(Exception):
+    """Base class of every error pytest-energy raises on purpose."""
+
+
+class ConfigError(EnergyError):
+    """A command-line flag, ini value or marker keyword is invalid."""
+
+
+class MeterUnavailable(EnergyError):
+    """A meter cannot work on this machine; the message says why."""
+
+
+class MeterError(EnergyError):
+    """A meter failed while measuring a window."""
+
+
+class MeasurementError(EnergyError):
+    """The code under measurement was used wrongly (e.g. a window inside a window)."""

@@ -1,0 +1,74 @@
+"""The meter protocol: a meter measures a window, ``start()`` then ``stop()``."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
+
+MeterKind = Literal["measured", "estimated", "counted"]
+KINDS: tuple[MeterKind, ...] = ("measured", "estimated", "counted")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The energy of one window as seen by one meter.
+
+    Attributes:
+        meter: name of the meter that produced it (``nvml``, ``rapl``, ``cputime``, ``counted``).
+        kind: ``measured`` (hardware counter), ``estimated`` (a model of measured time) or
+            ``counted`` (a deterministic count of operations).
+        seconds: wall-clock length of the window, in seconds.
+        joules_by_domain: energy per domain in joules, e.g. ``{"gpu:0": 12.5}``,
+            ``{"cpu:package-0": 3.1, "dram:0": 0.4}`` or ``{"process": 0.2}``.
+        flops: floating-point (and integer) operations counted in the window; ``counted`` only.
+        bytes_moved: bytes read and written by operators in the window; ``counted`` only.
+        details: provenance that explains the figure (e.g. where a wattage came from).
+    """
+
+    meter: str
+    kind: MeterKind
+    seconds: float
+    joules_by_domain: Mapping[str, float]
+    flops: float | None = None
+    bytes_moved: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def joules(self) -> float:
+        """Total energy of the window over all domains, in joules."""
+        return float(sum(self.joules_by_domain.values()))
+
+
+class Meter(abc.ABC):
+    """One source of energy figures.
+
+    Subclasses set ``name``, ``kind`` and ``min_window_seconds`` (the shortest window the meter
+    resolves: about ten counter updates for the hardware counters, zero for ``counted``).
+    ``start()`` and ``stop()`` must be cheap (well under a millisecond): they bracket the user's
+    code, so whatever they cost is charged to it.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[MeterKind]
+    min_window_seconds: ClassVar[float] = 0.0
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls, **options: Any) -> str | None:
+        """Why this meter cannot work here (``None`` when it can). Cheap, never raises."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Open a window."""
+
+    @abc.abstractmethod
+    def stop(self) -> Reading:
+        """Close the window opened by ``start()`` and return its reading."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this meter is and how it measures, for results files and headers."""
+        return {"name": self.name, "kind": self.kind}
+
+    def close(self) -> None:
+        """Release whatever the meter holds (library handles, threads)."""
