@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 MeterKind = Literal["measured", "estimated", "counted"]
 KINDS: tuple[MeterKind, ...] = ("measured", "estimated", "counted")
@@ -70,5 +71,5 @@ class Meter(abc.ABC):
         """What this meter is and how it measures, for results files and headers."""
         return {"name": self.name, "kind": self.kind}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most meters hold nothing to release
         """Release whatever the meter holds (library handles, threads)."""

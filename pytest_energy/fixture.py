@@ -1,0 +1,185 @@
+"""The ``energy`` fixture: train windows, charges, inference rounds and accuracy of one test."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pytest_energy.config import LifecycleSettings, parse_positive_int
+from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
+from pytest_energy.session import Charge, EnergySession
+
+
+class EnergyFixture:
+    """Measures one method's life: its training phases (TEC) and its inference (IEC).
+
+    Without ``--energy`` (``enabled`` is False) the code still runs, nothing is measured and
+    ``inference`` calls its function once, so a benchmark doubles as a fast functional test.
+    """
+
+    def __init__(self, session: EnergySession, settings: LifecycleSettings, where: str) -> None:
+        self._session = session
+        self.settings = settings
+        self.where = where
+        self.phases: list[PhaseRecord] = []
+        self.inference_record: InferenceRecord | None = None
+        self._accuracy: float | None = None
+        self._phase_names: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """True when this run measures energy (``--energy``)."""
+        return self._session.enabled
+
+    @property
+    def accuracy(self) -> float | None:
+        """Top-1 accuracy of the final model on held-out data, a fraction in [0, 1]."""
+        return self._accuracy
+
+    @accuracy.setter
+    def accuracy(self, value: float) -> None:
+        __tracebackhide__ = True
+        try:
+            accuracy = float(value)
+        except (TypeError, ValueError):
+            raise MeasurementError(
+                f"energy.accuracy must be a number in [0, 1], got {value!r}"
+            ) from None
+        if not 0.0 <= accuracy <= 1.0 or math.isnan(accuracy):
+            hint = " (a fraction: 0.83, not 83)" if 1.0 < accuracy <= 100.0 else ""
+            raise MeasurementError(f"energy.accuracy must be in [0, 1]{hint}, got {value!r}")
+        self._accuracy = accuracy
+
+    def _claim_phase_name(self, name: str, what: str) -> None:
+        __tracebackhide__ = True
+        if not isinstance(name, str) or not name:
+            raise MeasurementError(f"{what} needs a non-empty phase name, got {name!r}")
+        if name in self._phase_names:
+            raise MeasurementError(
+                f"{what}: phase {name!r} was already recorded in this test; give each phase its "
+                f"own name (e.g. 'finetune-1', 'finetune-2')"
+            )
+        self._phase_names.add(name)
+
+    @contextlib.contextmanager
+    def train(self, phase: str) -> Iterator[None]:
+        """Measure one training phase (compression, fine-tuning, search...); it adds to TEC."""
+        __tracebackhide__ = True
+        self._claim_phase_name(phase, f"energy.train({phase!r})")
+        if not self.enabled:
+            yield
+            return
+        with self._session.window(f"energy.train({phase!r})") as readings:
+            yield
+        self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
+
+    def charge(self, charge: Charge) -> None:
+        """Add work measured once per run (``energy_session.measure``) to this test's TEC."""
+        __tracebackhide__ = True
+        if not isinstance(charge, Charge):
+            raise MeasurementError(
+                f"energy.charge() takes the Charge that `with energy_session.measure(name) as "
+                f"charge:` yields, got {type(charge).__name__}"
+            )
+        if not charge.closed:
+            raise MeasurementError(
+                f"energy.charge({charge.name!r}): its measure() window is still open"
+            )
+        self._claim_phase_name(charge.name, f"energy.charge({charge.name!r})")
+        if self.enabled:
+            self.phases.append(
+                PhaseRecord(name=charge.name, charged=True, readings=charge.readings)
+            )
+
+    def inference(
+        self,
+        fn: Callable[[], Any],
+        samples: int = 1,
+        rounds: int | None = None,
+        warmup: int | None = None,
+    ) -> InferenceRecord | None:
+        """Measure the energy of ``fn`` per sample (IEC); ``fn`` infers ``samples`` samples.
+
+        After ``warmup`` unmeasured calls, the timing meters measure ``rounds`` rounds, each with
+        enough calls to span the meters' shortest resolvable window; a counting meter counts one
+        call in a window of its own, so its bookkeeping does not inflate the timed rounds.
+        """
+        __tracebackhide__ = True
+        if not callable(fn):
+            raise MeasurementError(
+                f"energy.inference(fn) needs a callable, got {type(fn).__name__}"
+            )
+        try:
+            samples = parse_positive_int(samples, "energy.inference(samples=...)")
+            rounds = parse_positive_int(
+                self._session.rounds if rounds is None else rounds, "energy.inference(rounds=...)"
+            )
+            warmup = parse_positive_int(
+                self._session.warmup_calls if warmup is None else warmup,
+                "energy.inference(warmup=...)",
+            )
+        except ConfigError as error:
+            raise MeasurementError(str(error)) from None
+        if self.inference_record is not None:
+            raise MeasurementError(
+                "energy.inference() was already called in this test: one inference "
+                "measurement per lifecycle test"
+            )
+        if not self.enabled:
+            _call(fn, "energy.inference(fn)")
+            return None
+        seconds_per_call = math.inf
+        for _ in range(warmup):
+            started = time.perf_counter()
+            _call(fn, "energy.inference(fn) during warm-up")
+            seconds_per_call = time.perf_counter() - started
+        record = InferenceRecord(samples_per_call=samples, warmup_calls=warmup)
+        timing = [meter for meter in self._session.meters if meter.kind != "counted"]
+        counting = [meter for meter in self._session.meters if meter.kind == "counted"]
+        if timing:
+            window_seconds = max(meter.min_window_seconds for meter in timing)
+            calls = max(1, math.ceil(window_seconds / max(seconds_per_call, 1e-9)))
+            self._measure_rounds(fn, timing, rounds, calls, record)
+        if counting:
+            self._measure_rounds(fn, counting, 1, 1, record)
+        self.inference_record = record
+        return record
+
+    def _measure_rounds(
+        self, fn: Callable[[], Any], meters: list, rounds: int, calls: int, record: InferenceRecord
+    ) -> None:
+        __tracebackhide__ = True
+        for meter in meters:
+            record.calls_per_round[meter.name] = calls
+            record.rounds[meter.name] = []
+        for _ in range(rounds):
+            with self._session.window("energy.inference()", meters) as readings:
+                for _ in range(calls):
+                    _call(fn, "energy.inference(fn)")
+            for name, reading in readings.items():
+                record.rounds[name].append(reading)
+
+    def result(self, outcome: str = "passed") -> dict[str, Any]:
+        """This test's JSON-ready record (see ``pytest_energy.results``)."""
+        return lifecycle_result(
+            self.settings, self.phases, self.inference_record, self._accuracy, outcome
+        )
+
+    @property
+    def measured_anything(self) -> bool:
+        return bool(self.phases) or self.inference_record is not None
+
+
+def _call(fn: Callable[[], Any], what: str) -> Any:
+    """Call user code; its own exception propagates with a note saying where it was called."""
+    __tracebackhide__ = True
+    try:
+        return fn()
+    except Exception as error:
+        if hasattr(error, "add_note"):
+            error.add_note(f"(raised inside {what})")
+        raise

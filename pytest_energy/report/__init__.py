@@ -1,0 +1,1 @@
+"""Renderings of results: the terminal table, and (later) markdown and charts."""

@@ -1,0 +1,233 @@
+"""What one lifecycle test measured, and the results document written with ``--energy-json``.
+
+In memory a test's record holds ``Reading`` objects; once the test ends it becomes a plain,
+JSON-ready dict (so it can travel from a pytest-xdist worker to the controller). The dict
+layout is the results schema, shared with baseline files:
+
+    tests[nodeid] = {
+        "labels": {...}, "usage": [...], "tolerance": {...}, "tau": 1.0,
+        "accuracy": 0.83 | None, "outcome": "passed",
+        "samples_per_call": 64 | None,
+        "meters": {meter: {
+            "kind": "measured" | "estimated" | "counted",
+            "phases": [{"name", "charged", "joules", "seconds", "joules_by_domain", ...}],
+            "tec_joules": float,
+            "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...]},
+            "iec_joules_per_sample": float | None,        # median of the rounds
+            "full_cycle": [{"usage", "joules", "greenness"}],
+            "flops": {"train", "inference_per_sample"}, "bytes_moved": {...},   # counted only
+        }},
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_energy.config import LifecycleSettings
+from pytest_energy.lifecycle import full_cycle_joules, greenness
+from pytest_energy.meters.base import Reading
+
+SCHEMA = "pytest-energy/results"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class PhaseRecord:
+    """One training phase (or a charge of reused work) as seen by every meter."""
+
+    name: str
+    charged: bool
+    readings: dict[str, Reading]
+
+
+@dataclass
+class InferenceRecord:
+    """Rounds of inference calls: each round's reading per meter, and how it was calibrated."""
+
+    samples_per_call: int
+    warmup_calls: int
+    calls_per_round: dict[str, int] = field(default_factory=dict)
+    rounds: dict[str, list[Reading]] = field(default_factory=dict)
+
+    def joules_per_sample(self, meter: str) -> list[float]:
+        samples_per_round = self.calls_per_round[meter] * self.samples_per_call
+        return [reading.joules / samples_per_round for reading in self.rounds[meter]]
+
+
+def reading_dict(reading: Reading) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "joules": reading.joules,
+        "seconds": reading.seconds,
+        "joules_by_domain": dict(reading.joules_by_domain),
+    }
+    if reading.flops is not None:
+        entry["flops"] = reading.flops
+    if reading.bytes_moved is not None:
+        entry["bytes_moved"] = reading.bytes_moved
+    if reading.details:
+        entry["details"] = _jsonable(reading.details)
+    return entry
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _meter_kinds(
+    phases: Sequence[PhaseRecord], inference: InferenceRecord | None
+) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for phase in phases:
+        for name, reading in phase.readings.items():
+            kinds.setdefault(name, reading.kind)
+    if inference is not None:
+        for name, rounds in inference.rounds.items():
+            if rounds:
+                kinds.setdefault(name, rounds[0].kind)
+    return kinds
+
+
+def meter_result(
+    meter: str,
+    kind: str,
+    phases: Sequence[PhaseRecord],
+    inference: InferenceRecord | None,
+    settings: LifecycleSettings,
+    accuracy: float | None,
+) -> dict[str, Any]:
+    """One meter's view of one test: phases, TEC, inference rounds, IEC, E(MUI) and G(MUI)."""
+    phase_entries = [
+        {"name": phase.name, "charged": phase.charged, **reading_dict(phase.readings[meter])}
+        for phase in phases
+        if meter in phase.readings
+    ]
+    tec_joules = float(sum(entry["joules"] for entry in phase_entries))
+    result: dict[str, Any] = {"kind": kind, "phases": phase_entries, "tec_joules": tec_joules}
+    iec = None
+    if inference is not None and inference.rounds.get(meter):
+        per_sample = inference.joules_per_sample(meter)
+        iec = float(statistics.median(per_sample))
+        result["inference"] = {
+            "calls_per_round": inference.calls_per_round[meter],
+            "joules_per_sample": per_sample,
+            "seconds": [reading.seconds for reading in inference.rounds[meter]],
+        }
+        if kind == "counted":
+            calls = inference.calls_per_round[meter] * inference.samples_per_call
+            first = inference.rounds[meter][0]
+            result["flops"] = {
+                "train": sum(entry.get("flops", 0.0) for entry in phase_entries),
+                "inference_per_sample": (first.flops or 0.0) / calls,
+            }
+            result["bytes_moved"] = {
+                "train": sum(entry.get("bytes_moved", 0.0) for entry in phase_entries),
+                "inference_per_sample": (first.bytes_moved or 0.0) / calls,
+            }
+    result["iec_joules_per_sample"] = iec
+    result["full_cycle"] = full_cycle_entries(
+        tec_joules, iec, settings.usage, accuracy, settings.tau
+    )
+    return result
+
+
+def full_cycle_entries(
+    tec_joules: float,
+    iec_joules_per_sample: float | None,
+    usage: Sequence[float],
+    accuracy: float | None,
+    tau: float,
+) -> list[dict[str, Any]]:
+    """E(MUI) and G(MUI) at each usage; ``None`` where the test measured no inference."""
+    entries = []
+    for mui in usage:
+        joules = (
+            None
+            if iec_joules_per_sample is None
+            else full_cycle_joules(tec_joules, iec_joules_per_sample, mui)
+        )
+        entries.append(
+            {
+                "usage": float(mui),
+                "joules": joules,
+                "greenness": None if joules is None else greenness(accuracy, joules, tau),
+            }
+        )
+    return entries
+
+
+def lifecycle_result(
+    settings: LifecycleSettings,
+    phases: Sequence[PhaseRecord],
+    inference: InferenceRecord | None,
+    accuracy: float | None,
+    outcome: str = "passed",
+) -> dict[str, Any]:
+    """The JSON-ready record of one lifecycle test (see the module docstring)."""
+    kinds = _meter_kinds(phases, inference)
+    return {
+        "labels": dict(settings.labels),
+        "usage": list(settings.usage),
+        "tolerance": settings.tolerance.as_dict(),
+        "tau": settings.tau,
+        "accuracy": accuracy,
+        "outcome": outcome,
+        "samples_per_call": None if inference is None else inference.samples_per_call,
+        "meters": {
+            meter: meter_result(meter, kind, phases, inference, settings, accuracy)
+            for meter, kind in kinds.items()
+        },
+    }
+
+
+def results_document(
+    tests: Mapping[str, Mapping[str, Any]],
+    meters: Sequence[Mapping[str, Any]],
+    machine: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The whole results file: schema, version, machine, meters and per-test records."""
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": dict(machine),
+        "meters": [dict(meter) for meter in meters],
+        "tests": {nodeid: dict(tests[nodeid]) for nodeid in sorted(tests)},
+    }
+
+
+def dump_json(document: Mapping[str, Any]) -> str:
+    """Stable formatting: sorted keys, one value per line, so diffs read well in review."""
+    return json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
+    """Write to a temporary file beside ``path`` and rename it over: never a half-written file."""
+    target = Path(path)
+    text = dump_json(document)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
