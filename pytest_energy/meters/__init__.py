@@ -161,7 +161,7 @@ def select_meters(spec: str, options: MeterOptions | None = None) -> MeterSelect
         for name in names:
             if not probes[name].available:
                 raise MeterUnavailable(
-                    f"--energy-meter {name}: {probes[name].reason_unavailable}. "
+                    f"--energy-meter: {probes[name].reason_unavailable}. "
                     f"Run `pytest-energy meters` to see which meters work here."
                 )
         chosen = names

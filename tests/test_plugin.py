@@ -1,0 +1,226 @@
+"""The plugin end to end, through pytester: what a user sees with and without --energy."""
+
+import json
+
+import pytest
+
+LIFECYCLE_TEST = """
+import pytest
+
+@pytest.fixture(scope="session")
+def base_model(energy_session):
+    with energy_session.measure("base-training") as training:
+        sum(i * i for i in range(200_000))
+    return training
+
+@pytest.mark.lifecycle(usage=[1e3, 1e6], family="pruning", method="fpgm", model="tiny")
+def test_fpgm(energy, base_model):
+    calls = []
+    energy.charge(base_model)
+    with energy.train("finetune"):
+        sum(i * i for i in range(100_000))
+    energy.accuracy = 0.75
+    energy.inference(lambda: calls.append(sum(range(2_000))), samples=8)
+    if not energy.enabled:
+        assert len(calls) == 1
+"""
+
+CPUTIME = ["--energy", "--energy-meter", "cputime", "--energy-rounds", "3"]
+
+
+@pytest.fixture
+def lifecycle_test(pytester):
+    pytester.makepyfile(test_lifecycle=LIFECYCLE_TEST)
+    return pytester
+
+
+def test_without_energy_the_code_runs_once_and_nothing_is_measured(lifecycle_test):
+    result = lifecycle_test.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "energy" not in result.stdout.str().split("passed")[0].split("test_lifecycle.py")[-1]
+    result.stdout.no_fnmatch_line("*TEC*")
+
+
+def test_with_energy_the_summary_shows_the_full_cycle_table(lifecycle_test):
+    result = lifecycle_test.runpytest(*CPUTIME)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "energy: meters cputime (estimated)",
+            "*= energy =*",
+            "meter cputime: estimated*",
+            "family: pruning",
+            "method*model*accuracy*meter (kind)*TEC*IEC / sample*E(MUI=1000)*E(MUI=1e6)*",
+            "fpgm*tiny*75.0 %*cputime (estimated)*J*J*J*J*",
+        ]
+    )
+
+
+def test_results_json_records_phases_rounds_and_full_cycle_energy(lifecycle_test):
+    result = lifecycle_test.runpytest(*CPUTIME, "--energy-json", "out/results.json")
+    result.assert_outcomes(passed=1)
+    document = json.loads((lifecycle_test.path / "out/results.json").read_text())
+    assert document["schema"] == "pytest-energy/results"
+    assert document["version"] == 1
+    assert document["meters"][0]["name"] == "cputime"
+    test = document["tests"]["test_lifecycle.py::test_fpgm"]
+    assert test["labels"] == {"family": "pruning", "method": "fpgm", "model": "tiny"}
+    assert test["accuracy"] == 0.75
+    cputime = test["meters"]["cputime"]
+    assert cputime["kind"] == "estimated"
+    assert [(p["name"], p["charged"]) for p in cputime["phases"]] == [
+        ("base-training", True),
+        ("finetune", False),
+    ]
+    assert all(phase["joules"] > 0 for phase in cputime["phases"])
+    assert cputime["tec_joules"] == pytest.approx(sum(p["joules"] for p in cputime["phases"]))
+    assert len(cputime["inference"]["joules_per_sample"]) == 3
+    iec = cputime["iec_joules_per_sample"]
+    assert iec > 0
+    assert [entry["usage"] for entry in cputime["full_cycle"]] == [1e3, 1e6]
+    for entry in cputime["full_cycle"]:
+        assert entry["joules"] == pytest.approx(cputime["tec_joules"] + entry["usage"] * iec)
+        assert entry["greenness"] == pytest.approx(0.75 / entry["joules"])
+
+
+def test_each_inference_round_is_long_enough_for_the_meter(lifecycle_test):
+    lifecycle_test.runpytest(*CPUTIME, "--energy-json", "r.json").assert_outcomes(passed=1)
+    inference = json.loads((lifecycle_test.path / "r.json").read_text())["tests"][
+        "test_lifecycle.py::test_fpgm"
+    ]["meters"]["cputime"]["inference"]
+    assert inference["calls_per_round"] > 1
+    assert min(inference["seconds"]) >= 0.005
+
+
+def test_a_failed_test_is_left_out_of_the_results(pytester):
+    pytester.makepyfile(
+        """
+        def test_breaks(energy):
+            with energy.train("train"):
+                sum(range(1000))
+            assert False, "the method broke"
+        """
+    )
+    result = pytester.runpytest(*CPUTIME, "--energy-json", "r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*not in the results: test_*::test_breaks (failed)*"])
+    assert json.loads((pytester.path / "r.json").read_text())["tests"] == {}
+
+
+def test_ini_file_sets_the_default_usage(pytester):
+    pytester.makeini("[pytest]\nenergy_usage = 10 100\n")
+    pytester.makepyfile(
+        """
+        def test_plain(energy):
+            energy.inference(lambda: sum(range(100)), samples=1)
+        """
+    )
+    result = pytester.runpytest(*CPUTIME)
+    result.stdout.fnmatch_lines(["*E(MUI=10)*E(MUI=100)*"])
+
+
+# --- bad input: one clear line, never a traceback from inside the plugin ----------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--energy-meter", "joulemeter"], "*unknown meter 'joulemeter'*"),
+        (["--energy-usage", "lots"], "*--energy-usage: 'lots' is not a number*"),
+        (["--energy-tolerance", "five"], "*--energy-tolerance: expected a fraction*"),
+        (["--energy-rounds", "0"], "*--energy-rounds: expected a whole number*"),
+        (["--energy-cpu-watts", "-1"], "*--energy-cpu-watts must be a positive number*"),
+    ],
+)
+def test_bad_command_line_values_are_usage_errors(lifecycle_test, args, message):
+    result = lifecycle_test.runpytest("--energy", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_meter_that_does_not_work_here_says_why(lifecycle_test, tmp_path):
+    result = lifecycle_test.runpytest(
+        "--energy", "--energy-meter", "rapl", "--energy-rapl-root", str(tmp_path / "nowhere")
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--energy-meter: rapl: *absent*pytest-energy meters*"])
+
+
+def test_a_bad_marker_value_fails_that_test_with_one_line(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.lifecycle(usage="plenty")
+        def test_bad(energy):
+            pass
+        """
+    )
+    result = pytester.runpytest(*CPUTIME)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test_bad: lifecycle(usage=...): 'plenty' is not a number*"])
+    result.stdout.no_fnmatch_line("*plugin.py*")
+
+
+def test_a_train_window_inside_another_is_refused(pytester):
+    pytester.makepyfile(
+        """
+        def test_nested(energy):
+            with energy.train("prune"):
+                with energy.train("finetune"):
+                    pass
+        """
+    )
+    result = pytester.runpytest(*CPUTIME)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*energy.train('finetune') was opened inside energy.train('prune')*cannot nest*"]
+    )
+    result.stdout.no_fnmatch_line("*session.py*")
+
+
+def test_an_exception_in_the_inference_function_names_where_it_came_from(pytester):
+    pytester.makepyfile(
+        """
+        def broken_model():
+            raise RuntimeError("shape mismatch in layer 3")
+
+        def test_inference(energy):
+            energy.inference(broken_model, samples=4)
+        """
+    )
+    result = pytester.runpytest(*CPUTIME)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: shape mismatch in layer 3", "*raised inside energy.inference(fn)*"]
+    )
+    result.stdout.no_fnmatch_line("*fixture.py*")
+
+
+def test_accuracy_given_as_a_percentage_gets_a_hint(pytester):
+    pytester.makepyfile(
+        """
+        def test_accuracy(energy):
+            energy.accuracy = 83
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*energy.accuracy must be in [[]0, 1[]] (a fraction: 0.83, not 83)*"]
+    )
+
+
+def test_phase_names_are_unique_within_a_test(pytester):
+    pytester.makepyfile(
+        """
+        def test_twice(energy):
+            with energy.train("finetune"):
+                pass
+            with energy.train("finetune"):
+                pass
+        """
+    )
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*phase 'finetune' was already recorded*"])
