@@ -1,0 +1,219 @@
+"""What measuring costs: window cost per meter, codecarbon's for comparison, and the slowdown.
+
+Run with ``python -m benchmarks.overhead``. Everything is measured in this one run, side by
+side, and printed with the targets:
+
+* one window (``start()`` + ``stop()``) per meter that works here, and for cputime + counted
+  together; codecarbon's ``OfflineEmissionsTracker`` first start in a process, a later
+  start + stop, and a ``start_task`` / ``stop_task`` window;
+* the slowdown of a fixed torch workload (a small CNN's training steps, one window per step)
+  measured with each meter against not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from tabulate import tabulate
+
+from pytest_energy.meters import MeterOptions, meter_class, probe_meters
+from pytest_energy.meters.base import Meter
+
+WINDOW_TARGET_MICROSECONDS = 20.0
+CODECARBON_FACTOR_TARGET = 25.0
+SLOWDOWN_TARGET_PERCENT = 1.0
+
+
+def window_microseconds(meters: Sequence[Meter], pairs: int, repeats: int = 7) -> float:
+    """Median over ``repeats`` batches of the mean cost of one empty window, in µs."""
+    batches = []
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        for _ in range(pairs):
+            for meter in meters:
+                meter.start()
+            for meter in reversed(meters):
+                meter.stop()
+        batches.append((time.perf_counter_ns() - started) / pairs / 1e3)
+    return statistics.median(batches)
+
+
+def codecarbon_costs(task_windows: int) -> dict[str, float]:
+    """Seconds for codecarbon's first start, a later start + stop, and one task window."""
+    from codecarbon import OfflineEmissionsTracker
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    settings = dict(
+        country_iso_code="USA",
+        save_to_file=False,
+        log_level="error",
+        measure_power_secs=3600,
+        tracking_mode="process",
+    )
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        started = time.perf_counter()
+        first = OfflineEmissionsTracker(project_name="first", **settings)
+        first.start()
+        first_start_seconds = time.perf_counter() - started
+        first.stop()
+        later = OfflineEmissionsTracker(project_name="later", **settings)
+        started = time.perf_counter()
+        later.start()
+        later.stop()
+        later_seconds = time.perf_counter() - started
+        tasks = OfflineEmissionsTracker(project_name="tasks", **settings)
+        tasks.start()
+        started = time.perf_counter()
+        for index in range(task_windows):
+            tasks.start_task(f"task-{index}")
+            tasks.stop_task()
+        task_seconds = (time.perf_counter() - started) / task_windows
+        tasks.stop()
+    return {
+        "first start": first_start_seconds,
+        "later start + stop": later_seconds,
+        "start_task + stop_task": task_seconds,
+    }
+
+
+def make_workload(steps: int) -> Callable[[Sequence[Meter]], float]:
+    """A fixed CNN training workload; returns a function timing it with windows per step.
+
+    The time is the process's CPU time, not wall time: on a shared machine other processes
+    change wall time by more than the overhead being measured, but not our own CPU seconds.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 10),
+    )
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.randn(32, 3, 32, 32)
+    labels = torch.randint(0, 10, (32,))
+
+    def step() -> None:
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimiser.step()
+
+    def run(meters: Sequence[Meter]) -> float:
+        gc.collect()
+        started = time.process_time()
+        for _ in range(steps):
+            for meter in meters:
+                meter.start()
+            step()
+            for meter in reversed(meters):
+                meter.stop()
+        return time.process_time() - started
+
+    for _ in range(5):
+        step()
+    return run
+
+
+def slowdown_percent(
+    run: Callable[[Sequence[Meter]], float], meters: Sequence[Meter], repeats: int
+) -> float:
+    """Median slowdown of the workload with ``meters`` against none, runs interleaved."""
+    ratios = []
+    for _ in range(repeats):
+        bare = run([])
+        measured = run(meters)
+        ratios.append(measured / bare)
+    return 100.0 * (statistics.median(ratios) - 1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=2000, help="windows per timed batch")
+    parser.add_argument("--steps", type=int, default=40, help="workload training steps")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved workload repeats")
+    parser.add_argument("--task-windows", type=int, default=200, help="codecarbon task windows")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    options = MeterOptions()
+    working = [probe.name for probe in probe_meters(options) if probe.available]
+    meters = {name: meter_class(name)(**options.constructor_kwargs(name)) for name in working}
+    setups: dict[str, list[Meter]] = {name: [meter] for name, meter in meters.items()}
+    if "cputime" in meters and "counted" in meters:
+        setups["cputime + counted"] = [meters["cputime"], meters["counted"]]
+
+    codecarbon = codecarbon_costs(args.task_windows)
+    task_microseconds = codecarbon["start_task + stop_task"] * 1e6
+    run = make_workload(args.steps)
+
+    rows = []
+    for label, setup in setups.items():
+        pairs = args.pairs if "counted" not in label else max(1, args.pairs // 4)
+        window = window_microseconds(setup, pairs)
+        slowdown = slowdown_percent(run, setup, args.repeats)
+        checks = []
+        if label in ("cputime", "cputime + counted", "rapl", "nvml"):
+            checks.append(
+                "window ok" if window < WINDOW_TARGET_MICROSECONDS else "WINDOW OVER 20 µs"
+            )
+        if label in ("cputime", "rapl", "nvml"):
+            checks.append(
+                "slowdown ok" if slowdown < SLOWDOWN_TARGET_PERCENT else "SLOWDOWN OVER 1 %"
+            )
+        if label in ("cputime", "cputime + counted"):
+            factor = task_microseconds / window
+            checks.append(
+                "vs codecarbon ok" if factor >= CODECARBON_FACTOR_TARGET else "UNDER 25× CODECARBON"
+            )
+        rows.append(
+            [
+                label,
+                f"{window:.2f}",
+                f"{task_microseconds / window:.0f}×",
+                f"{slowdown:+.2f}",
+                ", ".join(checks) or "reported",
+            ]
+        )
+    for name, seconds in codecarbon.items():
+        rows.append([f"codecarbon {name}", f"{seconds * 1e6:.0f}", "", "", ""])
+
+    not_here = [probe.reason_unavailable for probe in probe_meters(options) if not probe.available]
+    print(
+        f"Overhead of measuring, one run ({args.steps} CNN training steps per workload run, "
+        f"one window per step, {args.repeats} interleaved repeats, 1 torch thread; slowdown in "
+        f"process CPU time)\n"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "window",
+                "µs per start+stop",
+                "codecarbon task window / this",
+                "workload slowdown %",
+                "target",
+            ],
+            disable_numparse=True,
+        )
+    )
+    print("\nTargets: window < 20 µs (cputime; cputime + counted), ≥ 25× below codecarbon's task")
+    print("window; slowdown < 1 % for cputime / rapl / nvml; counted's slowdown is reported.")
+    for reason in not_here:
+        print(f"not measured here: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
