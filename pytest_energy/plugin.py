@@ -288,6 +288,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         )
     else:
         write("no lifecycle test measured anything (use the `energy` fixture in a test)")
+    for nodeid, result in energy_session.results.items():
+        for warning in result.get("warnings", []):
+            write(f"warning: {nodeid}: {warning}", yellow=True)
     for problem in config.stash[FAILED_KEY]:
         write(f"not in the results: {problem}", red=True)
     path = config.getoption("--energy-json")

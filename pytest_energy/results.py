@@ -5,7 +5,7 @@ JSON-ready dict (so it can travel from a pytest-xdist worker to the controller).
 layout is the results schema, shared with baseline files:
 
     tests[nodeid] = {
-        "labels": {...}, "usage": [...], "tolerance": {...}, "tau": 1.0,
+        "labels": {...}, "usage": [...], "tolerance": {...}, "tau": 1.0, "warnings": [...],
         "accuracy": 0.83 | None, "outcome": "passed",
         "samples_per_call": 64 | None,
         "meters": {meter: {
@@ -180,6 +180,7 @@ def lifecycle_result(
     """The JSON-ready record of one lifecycle test (see the module docstring)."""
     kinds = _meter_kinds(phases, inference)
     return {
+        "warnings": zero_joule_warnings(phases),
         "labels": dict(settings.labels),
         "usage": list(settings.usage),
         "tolerance": settings.tolerance.as_dict(),
@@ -192,6 +193,23 @@ def lifecycle_result(
             for meter, kind in kinds.items()
         },
     }
+
+
+def zero_joule_warnings(phases: Sequence[PhaseRecord]) -> list[str]:
+    """A phase that read 0 J is named, never passed off as free work."""
+    warnings = []
+    for phase in phases:
+        for meter, reading in phase.readings.items():
+            if reading.joules > 0:
+                continue
+            if reading.kind == "counted":
+                why = "no torch operator ran in it"
+            else:
+                why = "shorter than the meter resolves, or the counter did not update"
+            warnings.append(
+                f"{meter}: phase {phase.name!r} read 0 J in {reading.seconds:.3g} s ({why})"
+            )
+    return warnings
 
 
 def results_document(
