@@ -42,3 +42,59 @@ def format_usage(usage: float) -> str:
 
 def format_fraction(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f} %"
+
+
+JOULES_PER_KWH = 3.6e6
+_KWH_PREFIXES = ((1e6, "GWh"), (1e3, "MWh"), (1.0, "kWh"))
+_GRAM_PREFIXES = ((1e6, "t"), (1e3, "kg"), (1.0, "g"), (1e-3, "mg"), (1e-6, "µg"))
+
+
+def format_energy(joules: float | None, digits: int = 3) -> str:
+    """Totals as people read them: mJ, J and kJ below 1 kWh, then kWh, MWh, GWh.
+
+    ``1234.5`` → ``"1.23 kJ"``, ``7.2e6`` → ``"2 kWh"``, ``None`` → ``"—"``. For joules per
+    inferred sample use ``format_joules``, which goes down to mJ, µJ and nJ.
+    """
+    if joules is None or (isinstance(joules, float) and math.isnan(joules)):
+        return "—"
+    if abs(joules) < JOULES_PER_KWH:
+        return format_joules(joules, digits)
+    kwh = joules / JOULES_PER_KWH
+    for scale, unit in _KWH_PREFIXES:
+        if abs(kwh) >= scale:
+            return f"{kwh / scale:.{digits}g} {unit}"
+    return f"{kwh:.{digits}g} kWh"  # pragma: no cover - |kwh| ≥ 1 here
+
+
+def format_grams(grams: float | None, digits: int = 3) -> str:
+    """Mass of CO2e: ``0.0042`` → ``"4.2 mg"``, ``1530`` → ``"1.53 kg"``, ``None`` → ``"—"``."""
+    if grams is None or (isinstance(grams, float) and math.isnan(grams)):
+        return "—"
+    if grams == 0:
+        return "0 g"
+    for scale, unit in _GRAM_PREFIXES:
+        if abs(grams) >= scale:
+            return f"{grams / scale:.{digits}g} {unit}"
+    scale, unit = _GRAM_PREFIXES[-1]
+    return f"{grams / scale:.{digits}g} {unit}"
+
+
+def format_change(percent: float | None) -> str:
+    """A relative change in percent, signed: ``12.34`` → ``"+12.3 %"``, ``None`` → ``"—"``."""
+    if percent is None or (isinstance(percent, float) and not math.isfinite(percent)):
+        return "—"
+    if abs(percent) < 0.05:
+        return "±0.0 %"
+    return f"{percent:+.1f} %"
+
+
+def format_count(count: float | None, digits: int = 2) -> str:
+    """A computed MUI, e.g. a break-even: ``321456.7`` → ``"3.2e5"``, ``850.2`` → ``"850"``."""
+    if count is None or not math.isfinite(count):
+        return "—"
+    if abs(count) < 1e4:
+        return f"{count:.0f}" if abs(count) >= 1 else f"{count:.{digits}g}"
+    mantissa, exponent = f"{count:.{digits - 1}e}".split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
