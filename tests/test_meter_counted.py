@@ -1,0 +1,360 @@
+"""The ``counted`` meter: deterministic energy from counted MACs and bytes moved.
+
+Each test states one rule of the meter; together they document what a counted figure means.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.meters.counted import (
+    DEFAULT_ENERGY_TABLE_PICOJOULES,
+    ENERGY_TABLE_SOURCE,
+    CountedMeter,
+    count,
+    load_energy_table,
+)
+
+PICO = 1e-12
+FP32_MAC_PICOJOULES = 3.7 + 0.9
+INT8_MAC_PICOJOULES = 0.2 + 0.1  # int8 multiply, int32 accumulate
+DRAM_PICOJOULES_PER_BYTE = 640 / 4
+FP32_BYTES = 4
+
+quantization_warnings = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning"
+)
+
+
+def without_seconds(reading):
+    return dataclasses.replace(reading, seconds=0.0)
+
+
+# --- the meter protocol ---------------------------------------------------------------------
+
+
+def test_counted_meter_identifies_itself_and_needs_only_torch():
+    meter = CountedMeter()
+    assert (meter.name, meter.kind, meter.min_window_seconds) == ("counted", "counted", 0.0)
+    assert CountedMeter.unavailable_reason() is None
+
+
+def test_describe_gives_the_energy_table_and_its_source():
+    description = CountedMeter().describe()
+    assert description["name"] == "counted"
+    assert description["energy_table_picojoules"] == dict(DEFAULT_ENERGY_TABLE_PICOJOULES)
+    assert description["energy_table_source"] == "Horowitz ISSCC 2014, 45 nm"
+
+
+def test_an_empty_window_counts_nothing_and_reports_both_domains():
+    meter = CountedMeter()
+    meter.start()
+    reading = meter.stop()
+    assert reading.meter == "counted" and reading.kind == "counted"
+    assert reading.joules_by_domain == {"compute": 0.0, "memory": 0.0}
+    assert (reading.flops, reading.bytes_moved) == (0, 0)
+    assert reading.seconds >= 0
+
+
+def test_only_work_inside_the_window_is_counted():
+    layer = nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    meter = CountedMeter()
+    layer(x)
+    meter.start()
+    with torch.no_grad():
+        layer(x)
+    reading = meter.stop()
+    layer(x)
+    assert reading.flops == 2 * 2 * 8 * 8
+
+
+def test_work_on_other_threads_is_not_counted():
+    x = torch.randn(32, 32)
+    meter = CountedMeter()
+    meter.start()
+    worker = threading.Thread(target=lambda: x @ x)
+    worker.start()
+    worker.join()
+    assert meter.stop().flops == 0
+
+
+def test_windows_cannot_nest_and_stop_needs_a_start():
+    meter = CountedMeter()
+    with pytest.raises(MeasurementError, match="without start"):
+        meter.stop()
+    meter.start()
+    with pytest.raises(MeasurementError, match="window is open"):
+        meter.start()
+    meter.stop()
+
+
+def test_close_ends_a_window_left_open():
+    meter = CountedMeter()
+    meter.start()
+    meter.close()
+    meter.start()  # a closed window does not block the next one
+    assert meter.stop().flops == 0
+
+
+# --- what is counted ------------------------------------------------------------------------
+
+
+def test_linear_layer_flops_bytes_and_joules_follow_the_rules():
+    batch, features_in, features_out = 4, 5, 3
+    layer = nn.Linear(features_in, features_out)
+    x = torch.randn(batch, features_in)
+    with torch.no_grad():
+        reading = count(lambda: layer(x))
+
+    macs = batch * features_in * features_out
+    assert reading.flops == 2 * macs
+    # weight.t() is a view and moves nothing; addmm reads input, weight and bias, writes output.
+    elements = batch * features_in + features_out * features_in + features_out
+    elements += batch * features_out
+    assert reading.bytes_moved == elements * FP32_BYTES
+    assert reading.joules_by_domain["compute"] == pytest.approx(macs * FP32_MAC_PICOJOULES * PICO)
+    assert reading.joules_by_domain["memory"] == pytest.approx(
+        elements * FP32_BYTES * DRAM_PICOJOULES_PER_BYTE * PICO
+    )
+    assert reading.details["macs_by_precision"] == {"fp32": macs}
+    assert reading.details["flops_by_operator"] == {"aten.addmm": 2 * macs}
+
+
+def test_the_same_work_counts_the_same_under_grad_no_grad_and_inference_mode():
+    layer = nn.Linear(16, 4)
+    x = torch.randn(3, 16)
+    with_grad = count(lambda: layer(x))
+    with torch.no_grad():
+        no_grad = count(lambda: layer(x))
+    with torch.inference_mode():
+        inference = count(lambda: layer(x))
+    assert without_seconds(with_grad) == without_seconds(no_grad) == without_seconds(inference)
+
+
+def test_views_move_no_bytes_and_copies_read_and_write():
+    x = torch.randn(64, 32)
+    views = count(lambda: (x.view(32, 64), x.t(), x.detach(), x[1:], x.expand(2, 64, 32)))
+    assert views.bytes_moved == 0
+    copied = count(lambda: x.clone())
+    assert copied.bytes_moved == 2 * x.nbytes
+    converted = count(lambda: x.to(torch.float16))
+    assert converted.bytes_moved == x.nbytes + x.numel() * 2
+
+
+def test_in_place_operators_read_and_write_their_target():
+    x = torch.randn(100)
+    reading = count(lambda: x.add_(1.0))
+    assert reading.bytes_moved == 2 * x.nbytes
+
+
+def test_half_precision_macs_are_priced_at_the_fp16_row():
+    a = torch.randn(8, 16, dtype=torch.bfloat16)
+    b = torch.randn(16, 4, dtype=torch.bfloat16)
+    reading = count(lambda: a @ b)
+    macs = 8 * 16 * 4
+    assert reading.details["macs_by_precision"] == {"fp16": macs}
+    assert reading.joules_by_domain["compute"] == pytest.approx(macs * (1.1 + 0.4) * PICO)
+
+
+# --- whole models ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval(), torchvision
+
+
+def test_resnet18_macs_match_torchvision_published_gflops(resnet18):
+    model, torchvision = resnet18
+    published_giga_macs = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["_ops"]
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        reading = count(lambda: model(image))
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as flop_counter:
+            model(image)
+
+    # flop_counter counts 2 FLOPs per multiply-accumulate; torchvision's "GFLOPS" are MACs.
+    assert reading.flops == flop_counter.get_total_flops()
+    giga_macs = reading.details["macs_by_precision"]["fp32"] / 1e9
+    assert giga_macs == pytest.approx(reading.flops / 2 / 1e9)
+    assert giga_macs == pytest.approx(published_giga_macs, rel=0.01)
+
+
+def test_the_same_model_counted_twice_gives_identical_readings(resnet18):
+    model, _ = resnet18
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        first = count(lambda: model(image))
+        second = count(lambda: model(image))
+    assert without_seconds(first) == without_seconds(second)
+    assert first.joules > 0
+
+
+class SmallCnn(nn.Module):
+    """Conv-BN-ReLU then Linear, with the stubs eager-mode quantization needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(self.quant(x))))
+        return self.dequant(self.fc(self.pool(x).flatten(1)))
+
+
+@pytest.fixture
+def quantization_engine():
+    engines = torch.backends.quantized.supported_engines
+    engine = next((name for name in ("x86", "fbgemm") if name in engines), None)
+    if engine is None:
+        pytest.skip(f"no x86/fbgemm quantized engine in {engines}")
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    yield engine
+    torch.backends.quantized.engine = previous
+
+
+@quantization_warnings
+def test_int8_model_costs_less_than_its_fp32_twin_and_its_int8_macs_are_counted(
+    quantization_engine,
+):
+    quantization = torch.ao.quantization
+    torch.manual_seed(0)
+    fp32_model = SmallCnn().eval()
+    int8_model = copy.deepcopy(fp32_model)
+    int8_model.qconfig = quantization.get_default_qconfig(quantization_engine)
+    quantization.fuse_modules(int8_model, [["conv", "bn", "relu"]], inplace=True)
+    quantization.prepare(int8_model, inplace=True)
+    int8_model(torch.randn(8, 3, 32, 32))
+    quantization.convert(int8_model, inplace=True)
+
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fp32 = count(lambda: fp32_model(image))
+        int8 = count(lambda: int8_model(image))
+
+    conv_macs = 16 * 3 * 3 * 3 * 32 * 32
+    linear_macs = 16 * 10
+    assert fp32.details["macs_by_precision"] == {"fp32": conv_macs + linear_macs}
+    assert int8.details["macs_by_precision"] == {"int8": conv_macs + linear_macs}
+    assert set(int8.details["flops_by_operator"]) == {"quantized.conv2d_relu", "quantized.linear"}
+    assert int8.joules_by_domain["compute"] == pytest.approx(
+        (conv_macs + linear_macs) * INT8_MAC_PICOJOULES * PICO
+    )
+    assert int8.bytes_moved < fp32.bytes_moved
+    assert int8.joules < fp32.joules
+
+
+@quantization_warnings
+def test_dynamically_quantized_linear_is_counted_at_int8():
+    model = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(nn.Linear(32, 8)), {nn.Linear}, dtype=torch.qint8
+    )
+    reading = count(lambda: model(torch.randn(4, 32)))
+    assert reading.details["macs_by_precision"] == {"int8": 4 * 32 * 8}
+
+
+def test_a_training_step_counts_forward_backward_and_optimizer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+
+    def training_step():
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        forward = count(lambda: model(images))
+    training = count(training_step)
+
+    assert "aten.convolution_backward" in training.details["flops_by_operator"]
+    assert training.flops > 2 * forward.flops
+    assert training.bytes_moved > forward.bytes_moved
+    assert training.joules > forward.joules
+
+
+def test_backward_run_inside_a_window_is_counted_on_its_own():
+    layer = nn.Linear(8, 4)
+    loss = layer(torch.randn(2, 8)).sum()
+    backward = count(loss.backward)
+    # grad of weight: (4×2)@(2×8); the input needs no gradient.
+    assert backward.details["flops_by_operator"] == {"aten.mm": 2 * 4 * 2 * 8}
+
+
+# --- the energy table -----------------------------------------------------------------------
+
+
+def test_a_table_override_changes_the_figure():
+    layer = nn.Linear(10, 10)
+    x = torch.randn(1, 10)
+    default = count(lambda: layer(x))
+    dearer = count(lambda: layer(x), energy_table={"fp32_mult_pj": 3.7 * 3, "fp32_add_pj": 0.9 * 3})
+    assert dearer.joules_by_domain["compute"] == pytest.approx(
+        3 * default.joules_by_domain["compute"]
+    )
+    assert dearer.joules_by_domain["memory"] == default.joules_by_domain["memory"]
+    assert dearer.details["energy_table_picojoules"]["fp32_mult_pj"] == pytest.approx(11.1)
+    assert "overridden: fp32_add_pj, fp32_mult_pj" in dearer.details["energy_table_source"]
+    assert dearer.details["energy_table_source"].startswith(ENERGY_TABLE_SOURCE)
+
+
+def test_an_unknown_table_key_is_named_in_the_error():
+    with pytest.raises(ConfigError, match="fp64_mult_pj"):
+        CountedMeter(energy_table={"fp64_mult_pj": 9.0})
+
+
+@pytest.mark.parametrize("value", ["3.7", -1.0, float("nan"), True])
+def test_a_table_value_must_be_a_finite_non_negative_number(value):
+    with pytest.raises(ConfigError, match="fp32_mult_pj"):
+        CountedMeter(energy_table={"fp32_mult_pj": value})
+
+
+def test_a_table_file_holds_overrides_for_the_constructor(tmp_path):
+    table_file = tmp_path / "table.json"
+    table_file.write_text(json.dumps({"dram_pj_per_32_bits": 1280}))
+    overrides = load_energy_table(table_file)
+    assert overrides == {"dram_pj_per_32_bits": 1280.0}
+    assert CountedMeter(overrides).energy_table["dram_pj_per_32_bits"] == 1280.0
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[3.7, 0.9]", "expected a JSON object"),
+        ('{"fp32_mul_pj": 3.7}', "unknown key 'fp32_mul_pj'"),
+        ('{"fp32_mult_pj": "high"}', "fp32_mult_pj must be a number"),
+    ],
+)
+def test_a_bad_table_file_is_named_in_the_error(tmp_path, content, complaint):
+    table_file = tmp_path / "table.json"
+    table_file.write_text(content)
+    with pytest.raises(ConfigError, match=complaint) as raised:
+        load_energy_table(table_file)
+    assert str(table_file) in str(raised.value)
+
+
+def test_a_missing_table_file_is_named_in_the_error(tmp_path):
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(ConfigError, match="cannot be read") as raised:
+        load_energy_table(missing)
+    assert str(missing) in str(raised.value)
