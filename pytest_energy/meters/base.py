@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 MeterKind = Literal["measured", "estimated", "counted"]
 KINDS: tuple[MeterKind, ...] = ("measured", "estimated", "counted")
+MeterScope = Literal["process", "host", "device"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,16 @@ class Meter(abc.ABC):
     resolves: about ten counter updates for the hardware counters, zero for ``counted``).
     ``start()`` and ``stop()`` must be cheap (well under a millisecond): they bracket the user's
     code, so whatever they cost is charged to it.
+
+    ``scope`` says what one reading covers, so parallel runs add readings up without counting
+    anything twice: ``process`` (this process only: cputime, counted), ``host`` (the whole
+    machine: rapl) or ``device`` (every GPU the process sees: nvml).
     """
 
     name: ClassVar[str]
     kind: ClassVar[MeterKind]
     min_window_seconds: ClassVar[float] = 0.0
+    scope: ClassVar[MeterScope] = "process"
 
     @classmethod
     @abc.abstractmethod

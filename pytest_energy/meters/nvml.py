@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from pytest_energy.errors import MeasurementError, MeterError, MeterUnavailable
-from pytest_energy.meters.base import Meter, MeterKind, Reading
+from pytest_energy.meters.base import Meter, MeterKind, MeterScope, Reading
 
 ENERGY_COUNTER = "energy-counter"
 POWER_POLLING = "power-polling"
@@ -182,6 +182,7 @@ class NvmlMeter(Meter):
     name: ClassVar[str] = "nvml"
     kind: ClassVar[MeterKind] = "measured"
     min_window_seconds: ClassVar[float] = 1.0
+    scope: ClassVar[MeterScope] = "device"
 
     def __init__(self, nvml: ModuleType | None = None, poll_interval_seconds: float = 0.02) -> None:
         if poll_interval_seconds <= 0:

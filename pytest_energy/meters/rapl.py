@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pytest_energy.errors import MeasurementError, MeterError, MeterUnavailable
-from pytest_energy.meters.base import Meter, MeterKind, Reading
+from pytest_energy.meters.base import Meter, MeterKind, MeterScope, Reading
 
 DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
 
@@ -279,6 +279,7 @@ class RaplMeter(Meter):
     name: ClassVar[str] = "rapl"
     kind: ClassVar[MeterKind] = "measured"
     min_window_seconds: ClassVar[float] = 0.01
+    scope: ClassVar[MeterScope] = "host"
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_POWERCAP_ROOT) -> None:
         self.root = Path(root)
