@@ -21,3 +21,7 @@ class MeterError(EnergyError):
 
 class MeasurementError(EnergyError):
     """The code under measurement was used wrongly (e.g. a window inside a window)."""
+
+
+class BaselineError(EnergyError):
+    """A baseline or results file cannot be read, trusted or written; the message names it."""
