@@ -10,6 +10,7 @@ from typing import Any
 
 from pytest_energy.config import LifecycleSettings, parse_positive_int
 from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
 
@@ -29,6 +30,8 @@ class EnergyFixture:
         self.inference_record: InferenceRecord | None = None
         self._accuracy: float | None = None
         self._phase_names: set[str] = set()
+        self.live = PhaseProgress(where)
+        """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
 
     @property
     def enabled(self) -> bool:
@@ -70,12 +73,32 @@ class EnergyFixture:
         """Measure one training phase (compression, fine-tuning, search...); it adds to TEC."""
         __tracebackhide__ = True
         self._claim_phase_name(phase, f"energy.train({phase!r})")
-        if not self.enabled:
-            yield
-            return
-        with self._session.window(f"energy.train({phase!r})") as readings:
-            yield
+        with self.live.phase_window(phase):
+            if not self.enabled:
+                yield
+                return
+            with self._session.window(f"energy.train({phase!r})") as readings:
+                yield
         self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
+
+    def progress(
+        self,
+        *,
+        epoch: int | None = None,
+        epochs: int | None = None,
+        batch: int | None = None,
+        batches: int | None = None,
+        **values: Any,
+    ) -> None:
+        """Show training progress on the terminal; call it from a loop in ``energy.train()``.
+
+        Shows ``epoch 2/10 · batch 37/391``, any other keyword as given (``loss=0.31``), the
+        phase's elapsed time and, for meters that can be read mid-window, joules so far. Only
+        on a terminal with ``--energy``, never under ``-q``; redrawn at most four times a
+        second, so calling it every batch costs a clock read.
+        """
+        fields = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+        self.live.update(self._session.meters if self.enabled else None, {**fields, **values})
 
     def charge(self, charge: Charge) -> None:
         """Add work measured once per run (``energy_session.measure``) to this test's TEC."""
@@ -132,17 +155,14 @@ class EnergyFixture:
         if not self.enabled:
             _call(fn, "energy.inference(fn)")
             return None
-        seconds_per_call = math.inf
         for _ in range(warmup):
-            started = time.perf_counter()
             _call(fn, "energy.inference(fn) during warm-up")
-            seconds_per_call = time.perf_counter() - started
         record = InferenceRecord(samples_per_call=samples, warmup_calls=warmup)
         timing = [meter for meter in self._session.meters if meter.kind != "counted"]
         counting = [meter for meter in self._session.meters if meter.kind == "counted"]
         if timing:
             window_seconds = max(meter.min_window_seconds for meter in timing)
-            calls = max(1, math.ceil(window_seconds / max(seconds_per_call, 1e-9)))
+            calls = _calls_spanning(fn, window_seconds)
             self._measure_rounds(fn, timing, rounds, calls, record)
         if counting:
             self._measure_rounds(fn, counting, 1, 1, record)
@@ -172,6 +192,25 @@ class EnergyFixture:
     @property
     def measured_anything(self) -> bool:
         return bool(self.phases) or self.inference_record is not None
+
+
+def _calls_spanning(fn: Callable[[], Any], window_seconds: float) -> int:
+    """How many calls of ``fn`` take at least ``window_seconds``, found by timing, not guessed.
+
+    Like ``timeit.Timer.autorange``: time a batch, grow it (at most tenfold a step) until one
+    batch lasts the window, so one slow call cannot make every round too short.
+    """
+    __tracebackhide__ = True
+    calls = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(calls):
+            _call(fn, "energy.inference(fn) while calibrating")
+        elapsed = time.perf_counter() - started
+        if elapsed >= window_seconds:
+            return calls
+        wanted = math.ceil(calls * 1.2 * window_seconds / max(elapsed, 1e-9))
+        calls = min(max(wanted, calls + 1), calls * 10)
 
 
 def _call(fn: Callable[[], Any], what: str) -> Any:

@@ -67,6 +67,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="powercap sysfs directory the rapl meter reads (default: /sys/class/powercap)",
     )
     group.addoption(
+        "--energy-counted-table",
+        metavar="JSON",
+        default=None,
+        help="JSON object overriding the counted meter's picojoules per operation "
+        "(keys such as fp32_mult_pj, int8_mult_pj, dram_pj_per_32_bits; "
+        "default: Horowitz ISSCC 2014, 45 nm)",
+    )
+    group.addoption(
         "--energy-rounds",
         metavar="N",
         default=None,
@@ -121,6 +129,14 @@ def _setting(config: pytest.Config, option: str, ini: str) -> Any:
     return value
 
 
+def _counted_table(path: str | None) -> dict[str, float] | None:
+    if path is None:
+        return None
+    from pytest_energy.meters.counted import load_energy_table
+
+    return dict(load_energy_table(path))
+
+
 def _build_session(config: pytest.Config) -> EnergySession:
     enabled = bool(config.getoption("--energy"))
     usage = _setting(config, "--energy-usage", "energy_usage")
@@ -141,6 +157,7 @@ def _build_session(config: pytest.Config) -> EnergySession:
     options = MeterOptions(
         cpu_watts_per_thread=float(cpu_watts) if cpu_watts is not None else None,
         rapl_root=config.getoption("--energy-rapl-root"),
+        counted_energy_table=_counted_table(config.getoption("--energy-counted-table")),
     )
     selection = select_meters(meter_spec, options) if enabled else None
     return EnergySession(

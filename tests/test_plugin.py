@@ -224,3 +224,48 @@ def test_phase_names_are_unique_within_a_test(pytester):
     )
     result = pytester.runpytest()
     result.stdout.fnmatch_lines(["*phase 'finetune' was already recorded*"])
+
+
+TORCH_INFERENCE_TEST = """
+import torch
+
+def test_linear(energy):
+    layer = torch.nn.Linear(64, 32)
+    batch = torch.randn(8, 64)
+    with energy.train("fit"):
+        layer(batch).sum().backward()
+    energy.inference(lambda: layer(batch), samples=8)
+"""
+
+
+def counted_iec(pytester, *args) -> float:
+    pytester.runpytest(
+        "--energy", "--energy-meter", "counted", "--energy-json", "r.json", *args
+    ).assert_outcomes(passed=1)
+    document = json.loads((pytester.path / "r.json").read_text())
+    return document["tests"]["test_counted.py::test_linear"]["meters"]["counted"]
+
+
+def test_counted_meter_gives_flops_per_sample_through_the_plugin(pytester):
+    pytester.makepyfile(test_counted=TORCH_INFERENCE_TEST)
+    counted = counted_iec(pytester)
+    assert counted["kind"] == "counted"
+    assert counted["flops"]["inference_per_sample"] == 2 * 64 * 32
+    assert counted["inference"]["calls_per_round"] == 1
+    assert counted["tec_joules"] > 0
+
+
+def test_counted_energy_table_can_be_overridden_from_a_file(pytester):
+    pytester.makepyfile(test_counted=TORCH_INFERENCE_TEST)
+    default = counted_iec(pytester)["iec_joules_per_sample"]
+    pytester.path.joinpath("table.json").write_text('{"dram_pj_per_32_bits": 0}')
+    cheaper = counted_iec(pytester, "--energy-counted-table", "table.json")
+    assert cheaper["iec_joules_per_sample"] < default
+
+
+def test_a_bad_counted_energy_table_names_the_file(pytester):
+    pytester.makepyfile(test_counted=TORCH_INFERENCE_TEST)
+    pytester.path.joinpath("table.json").write_text("{not json")
+    result = pytester.runpytest("--energy", "--energy-counted-table", "table.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*table.json*"])
