@@ -25,3 +25,7 @@ class MeasurementError(EnergyError):
 
 class BaselineError(EnergyError):
     """A baseline or results file cannot be read, trusted or written; the message names it."""
+
+
+class ReportError(EnergyError):
+    """A report cannot be made: an optional dependency is missing or an output cannot be written."""
