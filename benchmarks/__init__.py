@@ -1,0 +1,1 @@
+"""The low-carbon computer-vision benchmark that ships with pytest-energy."""

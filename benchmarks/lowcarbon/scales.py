@@ -1,0 +1,125 @@
+"""The two scales the benchmark runs at: `smoke` (any CPU, minutes) and `paper` (CIFAR-10, GPU).
+
+Paper-scale epochs follow the methods' papers: ResNet-56 trained 160 epochs (He et al. 2016),
+pruned models fine-tuned 40 epochs (Li et al. 2017), students distilled 240 epochs (Tian et al.
+2020's CRD benchmark), DARTS searched 50 epochs and retrained 600 (Liu et al. 2019).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .training import TrainSettings
+
+
+@dataclass(frozen=True)
+class SearchScale:
+    """Size and schedule of the architecture-search experiments."""
+
+    cells: int
+    nodes_per_cell: int
+    initial_channels: int
+    search_epochs: float
+    retrain_epochs: float
+    random_trials: int
+    random_trial_epochs: float
+    search_settings: TrainSettings
+    architecture_learning_rate: float = 3e-4
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Every size and schedule one benchmark run uses."""
+
+    name: str
+    base_depth: int
+    base_width: int
+    student_depth: int
+    student_width: int
+    settings: TrainSettings
+    base_epochs: float
+    prune_ratio: float
+    finetune_epochs: float
+    finetune_learning_rate: float
+    calibration_samples: int
+    zeroq_steps: int
+    qat_epochs: float
+    qat_learning_rate: float
+    distill_epochs: float
+    search: SearchScale
+    deployment_batch_size: int
+    synthetic_train_count: int = 0
+    synthetic_test_count: int = 0
+    seed: int = 0
+
+    def device(self) -> torch.device:
+        """Paper scale trains on CUDA when there is one; smoke scale always on CPU."""
+        if self.name == "paper" and torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+
+SMOKE = Scale(
+    name="smoke",
+    base_depth=8,
+    base_width=16,
+    student_depth=8,
+    student_width=8,
+    settings=TrainSettings(batch_size=64, learning_rate=0.05),
+    base_epochs=4,
+    prune_ratio=0.5,
+    finetune_epochs=1.5,
+    finetune_learning_rate=0.01,
+    calibration_samples=256,
+    zeroq_steps=60,
+    qat_epochs=1,
+    qat_learning_rate=0.005,
+    distill_epochs=3,
+    search=SearchScale(
+        cells=3,
+        nodes_per_cell=2,
+        initial_channels=8,
+        search_epochs=2,
+        retrain_epochs=3,
+        random_trials=3,
+        random_trial_epochs=1,
+        search_settings=TrainSettings(batch_size=64, learning_rate=0.05, weight_decay=3e-4),
+        architecture_learning_rate=3e-3,
+    ),
+    deployment_batch_size=64,
+    synthetic_train_count=3000,
+    synthetic_test_count=1000,
+)
+
+PAPER = Scale(
+    name="paper",
+    base_depth=56,
+    base_width=16,
+    student_depth=20,
+    student_width=16,
+    settings=TrainSettings(batch_size=128, learning_rate=0.1),
+    base_epochs=160,
+    prune_ratio=0.5,
+    finetune_epochs=40,
+    finetune_learning_rate=0.01,
+    calibration_samples=1024,
+    zeroq_steps=500,
+    qat_epochs=10,
+    qat_learning_rate=0.001,
+    distill_epochs=240,
+    search=SearchScale(
+        cells=8,
+        nodes_per_cell=4,
+        initial_channels=16,
+        search_epochs=50,
+        retrain_epochs=600,
+        random_trials=24,
+        random_trial_epochs=10,
+        search_settings=TrainSettings(batch_size=64, learning_rate=0.025, weight_decay=3e-4),
+    ),
+    deployment_batch_size=128,
+)
+
+SCALES = {scale.name: scale for scale in (SMOKE, PAPER)}
