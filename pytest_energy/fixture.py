@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pytest_energy.config import LifecycleSettings, parse_positive_int
+from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
@@ -80,6 +81,38 @@ class EnergyFixture:
             with self._session.window(f"energy.train({phase!r})") as readings:
                 yield
         self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
+
+    def train_distributed(
+        self,
+        phase: str,
+        fn: Callable[..., Any],
+        world_size: int = 2,
+        backend: str = "gloo",
+        args: tuple[Any, ...] = (),
+    ) -> DistributedRun:
+        """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes as one training phase.
+
+        Each rank (a new process in one torch.distributed group) measures its own work; the
+        phase's joules are the sum over ranks and each rank's figure stays in the results under
+        ``ranks``. ``fn`` must be importable by the new processes: a module-level function, a
+        ``functools.partial`` of one, or e.g. ``DataParallelTraining(...)``. Returns the run,
+        with ``fn``'s return value on every rank in ``.results``.
+        """
+        __tracebackhide__ = True
+        self._claim_phase_name(phase, f"energy.train_distributed({phase!r})")
+        label = f"energy.train_distributed({phase!r})"
+        with self.live.phase_window(phase), self._session.window(label, meters=[]):
+            run = run_distributed(
+                fn,
+                world_size,
+                backend=backend,
+                args=args,
+                meters=self._session.meters if self.enabled else (),
+                meter_options=self._session.meter_options,
+            )
+        if self.enabled:
+            self.phases.append(PhaseRecord(name=phase, charged=False, readings=dict(run.readings)))
+        return run
 
     def progress(
         self,
@@ -177,7 +210,7 @@ class EnergyFixture:
             record.calls_per_round[meter.name] = calls
             record.rounds[meter.name] = []
         for _ in range(rounds):
-            with self._session.window("energy.inference()", meters) as readings:
+            with self._session.window("energy.inference()", meters, across_ranks=False) as readings:
                 for _ in range(calls):
                     _call(fn, "energy.inference(fn)")
             for name, reading in readings.items():

@@ -22,6 +22,7 @@ from pytest_energy.config import (
     parse_tolerance,
     parse_usage,
 )
+from pytest_energy.distributed import reports_here
 from pytest_energy.errors import ConfigError, EnergyError, MeasurementError
 from pytest_energy.fixture import EnergyFixture
 from pytest_energy.machine import machine_info
@@ -29,6 +30,12 @@ from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
 from pytest_energy.report.terminal import summary_table
 from pytest_energy.results import results_document, write_json_atomic
 from pytest_energy.session import EnergySession
+from pytest_energy.workers import (
+    ALLOW_SHARED_OPTION,
+    GPU_PER_WORKER_OPTION,
+    check_shared_meters,
+    pin_worker_gpu,
+)
 
 SESSION_KEY = pytest.StashKey[EnergySession]()
 FIXTURE_KEY = pytest.StashKey[EnergyFixture]()
@@ -113,6 +120,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="write the results (schema pytest-energy/results, versioned) to PATH",
     )
+    group.addoption(
+        GPU_PER_WORKER_OPTION,
+        action="store_true",
+        default=False,
+        help="under pytest-xdist, give worker gwK the K-th visible GPU alone "
+        "(CUDA_VISIBLE_DEVICES), so each test's nvml reading is its own",
+    )
+    group.addoption(
+        ALLOW_SHARED_OPTION,
+        action="store_true",
+        default=False,
+        help="under pytest-xdist, keep machine-wide meters (rapl; nvml without "
+        f"{GPU_PER_WORKER_OPTION}) although each worker's readings include the others' tests",
+    )
     parser.addini("energy_meter", "default for --energy-meter", default="auto")
     parser.addini("energy_usage", "default usage scenarios (MUI), e.g. 1e3 1e6 1e9", default="")
     parser.addini("energy_tau", "default τ for greenness", default="")
@@ -168,6 +189,7 @@ def _build_session(config: pytest.Config) -> EnergySession:
         warmup_calls=parse_positive_int(warmup, "--energy-warmup")
         if warmup
         else DEFAULT_WARMUP_CALLS,
+        meter_options=options,
     )
 
 
@@ -178,9 +200,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "energy test; labels such as family=, method=, model=, dataset= group the reports",
     )
     try:
+        pin_worker_gpu(config)  # before any meter or test looks at CUDA_VISIBLE_DEVICES
         config.stash[SESSION_KEY] = _build_session(config)
+        shared_meters_kept = check_shared_meters(config, config.stash[SESSION_KEY].meters)
     except (EnergyError, ValueError) as error:
         raise pytest.UsageError(str(error)) from None
+    if shared_meters_kept:
+        config.issue_config_time_warning(pytest.PytestWarning(shared_meters_kept), stacklevel=2)
     config.stash[FAILED_KEY] = []
     config.pluginmanager.register(
         ResultCollector(config.stash[SESSION_KEY], config.stash[FAILED_KEY]), "energy-results"
@@ -195,7 +221,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.enabled:
+    if session is None or not session.enabled or not reports_here():
         return []
     used = ", ".join(f"{meter.name} ({meter.kind})" for meter in session.meters)
     lines = [f"energy: meters {used}"]
@@ -271,6 +297,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = config.getoption("--energy-json")
     if energy_session is None or not energy_session.enabled or not path or _is_xdist_worker(config):
         return
+    if not reports_here():  # torch.distributed: rank 0 writes for all ranks
+        return
     document = results_document(
         energy_session.results,
         [meter.describe() for meter in energy_session.meters],
@@ -284,7 +312,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     energy_session = config.stash.get(SESSION_KEY, None)
-    if energy_session is None or not energy_session.enabled:
+    if energy_session is None or not energy_session.enabled or not reports_here():
         return
     write = terminalreporter.write_line
     terminalreporter.section("energy")

@@ -10,7 +10,8 @@ layout is the results schema, shared with baseline files:
         "samples_per_call": 64 | None,
         "meters": {meter: {
             "kind": "measured" | "estimated" | "counted",
-            "phases": [{"name", "charged", "joules", "seconds", "joules_by_domain", ...}],
+            "phases": [{"name", "charged", "joules", "seconds", "joules_by_domain", ...,
+                        "ranks": [{"rank", "host", "joules", ...}]}],  # distributed only
             "tec_joules": float,
             "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...]},
             "iec_joules_per_sample": float | None,        # median of the rounds
@@ -75,6 +76,9 @@ def reading_dict(reading: Reading) -> dict[str, Any]:
         entry["bytes_moved"] = reading.bytes_moved
     if reading.details:
         entry["details"] = _jsonable(reading.details)
+    ranks = getattr(reading, "ranks", ())  # a reading summed over torch.distributed ranks
+    if ranks:
+        entry["ranks"] = [_jsonable(rank) for rank in ranks]
     return entry
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_energy.config import LifecycleSettings
+from pytest_energy.distributed import current_rank_group
 from pytest_energy.errors import MeasurementError
-from pytest_energy.meters import MeterSelection
+from pytest_energy.meters import MeterOptions, MeterSelection
 from pytest_energy.meters.base import Meter, Reading
 
 
@@ -44,8 +45,10 @@ class EnergySession:
         defaults: LifecycleSettings,
         rounds: int,
         warmup_calls: int,
+        meter_options: MeterOptions | None = None,
     ) -> None:
         self.enabled = enabled
+        self.meter_options = meter_options or MeterOptions()
         self.selection = selection or MeterSelection(meters=[])
         self.defaults = defaults
         self.rounds = rounds
@@ -59,15 +62,29 @@ class EnergySession:
 
     @contextlib.contextmanager
     def window(
-        self, label: str, meters: Sequence[Meter] | None = None
+        self, label: str, meters: Sequence[Meter] | None = None, across_ranks: bool = True
     ) -> Iterator[dict[str, Reading]]:
-        """Measure the body with ``meters`` (default: all); the dict fills with readings on exit."""
+        """Measure the body with ``meters`` (default: all); the dict fills with readings on exit.
+
+        Under torch.distributed with 2+ ranks, ``across_ranks`` windows are summed over the ranks
+        (see ``pytest_energy.distributed``); other windows give this rank's own figure.
+        """
         __tracebackhide__ = True
         if self._open_window is not None:
             raise MeasurementError(
                 f"{label} was opened inside {self._open_window}: measured windows cannot nest. "
                 f"Close the first window before opening the next one."
             )
+        ranks = current_rank_group()
+        if ranks is not None:
+            self._open_window = label
+            try:
+                chosen = meters if meters is not None else self.meters
+                with ranks.window(chosen, across_ranks) as readings:
+                    yield readings
+            finally:
+                self._open_window = None
+            return
         self._open_window = label
         readings: dict[str, Reading] = {}
         started: list[Meter] = []
