@@ -1,4 +1,4 @@
-"""The ``pytest-energy`` command: ``meters`` (and more subcommands as they land)."""
+"""The ``pytest-energy`` command: ``meters``, ``report`` (and more subcommands as they land)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,33 @@ def command_meters(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    """Render the markdown report and charts of a saved results file, without re-running."""
+    from pytest_energy.report.markdown import render_report
+    from pytest_energy.report.outputs import report_from_files, report_settings, write_markdown
+
+    settings = report_settings(
+        markdown=None if args.markdown in (None, "-") else args.markdown,
+        plot=args.plot,
+        country=args.country,
+        carbon_intensity=args.carbon_intensity,
+        pue=args.pue,
+        reference=args.reference,
+    )
+    gate = [name.strip() for name in args.gate.split(",") if name.strip()] if args.gate else None
+    report, _comparison = report_from_files(args.results, args.baseline, settings, gate)
+    if settings.markdown is not None:
+        print(f"markdown report written to {write_markdown(report, settings.markdown)}")
+    elif args.plot is None or args.markdown == "-":
+        sys.stdout.write(render_report(report))
+    if settings.plot is not None:
+        from pytest_energy.report.charts import write_chart
+
+        print(f"charts written to {write_chart(report, settings.plot)}", file=sys.stderr)
+    regressed = report.verdict_counts()["regressed"]
+    return 1 if args.check and regressed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-energy",
@@ -37,6 +64,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="powercap sysfs directory for the rapl meter (default: /sys/class/powercap)",
     )
     meters.set_defaults(handler=command_meters)
+    report = commands.add_parser(
+        "report",
+        help="render the markdown report and charts of a saved results file (--energy-json)",
+    )
+    report.add_argument("results", metavar="RESULTS.json", help="a results file (--energy-json)")
+    report.add_argument(
+        "--baseline",
+        metavar="B.json",
+        action="append",
+        default=[],
+        help="compare with this baseline (or results) file; repeat for one per profile "
+        "(default: the comparison recorded in RESULTS.json, if any)",
+    )
+    report.add_argument(
+        "--markdown", metavar="OUT", help="write the markdown there ('-' or default: stdout)"
+    )
+    report.add_argument("--plot", metavar="OUT", help="write the charts there (.png or .svg)")
+    report.add_argument(
+        "--country", "--energy-country", metavar="ISO3", help="carbon intensity of this country"
+    )
+    report.add_argument(
+        "--carbon-intensity",
+        "--energy-carbon-intensity",
+        metavar="G_PER_KWH",
+        help="gCO2e per kWh (default 475)",
+    )
+    report.add_argument(
+        "--pue", "--energy-pue", metavar="FACTOR", help="power usage effectiveness (default 1)"
+    )
+    report.add_argument(
+        "--reference",
+        "--energy-reference",
+        metavar="LABEL=VALUE",
+        help="method break-even MUI is measured against (default: family=baseline or "
+        "method=uncompressed)",
+    )
+    report.add_argument(
+        "--gate", metavar="METERS", help="meters that gate, comma list (default: as pytest does)"
+    )
+    report.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a test regressed"
+    )
+    report.set_defaults(handler=command_report)
     return parser
 
 

@@ -1,0 +1,258 @@
+"""Charts of a run (``--energy-plot PATH``, PNG or SVG by the file's extension).
+
+For each meter, two panels side by side:
+
+- full-cycle energy E(MUI) = TEC + MUI × IEC against MUI on log–log axes, one line per method,
+  each crossing with the reference method marked and labelled with its break-even MUI* — the
+  central picture of Li et al. (2021): which method is cheapest depends on how much it is used;
+- accuracy against E(MUI) at each usage scenario, with each usage's Pareto front (accuracy ↑,
+  energy ↓) drawn as a step line.
+
+matplotlib is an optional extra (``pip install 'pytest-energy[plot]'``), imported only here and
+only when a chart is asked for. The figure is drawn on matplotlib's object API with the Agg
+canvas, so it never touches pyplot's global state or the user's chosen backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_energy.errors import ReportError
+from pytest_energy.report.model import MeterLifecycle, Report, Row, build_report
+from pytest_energy.report.units import format_count, format_usage
+
+FORMATS = {".png": "png", ".svg": "svg"}
+PANEL_WIDTH_INCHES = 7.0
+PANEL_HEIGHT_INCHES = 5.0
+DPI = 100
+USAGE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def chart_format(path: str | os.PathLike[str]) -> str:
+    """``"png"`` or ``"svg"`` from the file name; anything else is refused with the flag named."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ReportError(
+            f"--energy-plot {os.fspath(path)!r}: the file name must end in .png or .svg "
+            f"(the extension picks the format)"
+        )
+    return FORMATS[suffix]
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes, or a clear error naming the extra."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ReportError(
+            "charts need matplotlib, an optional extra: pip install 'pytest-energy[plot]' "
+            f"({error})"
+        ) from None
+    return Figure, FigureCanvasAgg
+
+
+def figure_size_pixels(report: Report) -> tuple[int, int]:
+    """Width and height of the chart in pixels: two panels wide, one row per meter."""
+    rows = max(1, len(report.lifecycles))
+    return round(2 * PANEL_WIDTH_INCHES * DPI), round(rows * PANEL_HEIGHT_INCHES * DPI)
+
+
+def _log_range(values: Sequence[float]) -> tuple[float, float]:
+    positive = [value for value in values if value > 0 and math.isfinite(value)]
+    if not positive:
+        return 1.0, 10.0
+    low = math.floor(math.log10(min(positive)))
+    high = math.ceil(math.log10(max(positive)))
+    if high <= low:
+        high = low + 1
+    return 10.0**low, 10.0**high
+
+
+def _line_label(row: Row) -> str:
+    label = f"{row.label} [{row.family}]" if row.family != "—" else row.label
+    if row.verdict in ("regressed", "improved"):
+        changes = [change.change_percent for change in row.comparison.changes.values()]
+        changes = [change for change in changes if change is not None]
+        worst = max(changes, key=abs) if changes else None
+        label += f" — {row.verdict}" + (f" {worst:+.1f} %" if worst is not None else "")
+    return label
+
+
+def _draw_full_cycle(
+    axes: Any,
+    lifecycle: MeterLifecycle,
+    rows: Sequence[Row],
+    report: Report,
+    colours: Mapping[int, Any],
+) -> None:
+    crossings = [entry.usage for entry in lifecycle.break_evens if entry.usage is not None]
+    low, high = _log_range([*report.usage, *crossings])
+    points = [low * (high / low) ** (step / 199) for step in range(200)]
+    for row in rows:
+        cost = row.cost
+        if cost is None:
+            continue
+        values = [cost.full_cycle_joules(mui) for mui in points]
+        regressed = row.verdict == "regressed"
+        axes.plot(
+            points,
+            values,
+            color=colours[id(row)],
+            linewidth=3.0 if regressed else 1.8,
+            linestyle="--"
+            if any(row is entry.reference for entry in lifecycle.break_evens)
+            else "-",
+            label=_line_label(row),
+        )
+    for mui in report.usage:
+        if mui > 0:
+            axes.axvline(mui, color="0.85", linewidth=0.8, zorder=0)
+    for entry in lifecycle.break_evens:
+        if entry.usage is None or entry.row.cost is None:
+            continue
+        joules = entry.row.cost.full_cycle_joules(entry.usage)
+        axes.plot(
+            [entry.usage],
+            [joules],
+            marker="o",
+            markersize=8,
+            markerfacecolor="white",
+            markeredgecolor=colours[id(entry.row)],
+            markeredgewidth=2,
+            linestyle="none",
+            zorder=5,
+        )
+        axes.annotate(
+            f"MUI* {format_count(entry.usage)}",
+            (entry.usage, joules),
+            xytext=(6, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color=colours[id(entry.row)],
+        )
+    references = sorted({entry.reference.label for entry in lifecycle.break_evens})
+    if any(entry.usage is not None for entry in lifecycle.break_evens):
+        axes.plot(
+            [],
+            [],
+            marker="o",
+            markerfacecolor="white",
+            markeredgecolor="0.3",
+            linestyle="none",
+            label=f"break-even MUI* with {', '.join(references)}",
+        )
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_xlabel("MUI: inferences over the model's life")
+    axes.set_ylabel(f"E(MUI) = TEC + MUI × IEC  [J, {lifecycle.kind}]")
+    axes.set_title(f"Full-cycle energy — {lifecycle.meter} ({lifecycle.kind})")
+    axes.grid(True, which="major", linewidth=0.5, alpha=0.5)
+    axes.legend(fontsize=8, loc="upper left")
+
+
+def _draw_pareto(
+    axes: Any,
+    lifecycle: MeterLifecycle,
+    rows: Sequence[Row],
+    report: Report,
+    colours: Mapping[int, Any],
+) -> None:
+    drawn = False
+    for index, mui in enumerate(report.usage):
+        marker = USAGE_MARKERS[index % len(USAGE_MARKERS)]
+        for row in rows:
+            joules = row.full_cycle_joules.get(mui)
+            if joules is None or row.accuracy is None or joules <= 0:
+                continue
+            axes.plot(
+                [joules],
+                [100 * row.accuracy],
+                marker=marker,
+                color=colours[id(row)],
+                linestyle="none",
+                markersize=7,
+            )
+            drawn = True
+        front = sorted(
+            (row.full_cycle_joules[mui], 100 * row.accuracy)
+            for row in lifecycle.pareto.get(mui, [])
+            if row.accuracy is not None and row.full_cycle_joules.get(mui)
+        )
+        if front:
+            xs = [joules for joules, _ in front]
+            ys = [accuracy for _, accuracy in front]
+            axes.step(xs, ys, where="post", color="0.4", linewidth=1.0, linestyle=":")
+        axes.plot(
+            [], [], marker=marker, color="0.3", linestyle="none", label=f"MUI = {format_usage(mui)}"
+        )
+    if drawn:
+        axes.set_xscale("log")
+    axes.plot([], [], color="0.4", linestyle=":", label="Pareto front per usage")
+    axes.set_xlabel(f"E(MUI)  [J, {lifecycle.kind}]")
+    axes.set_ylabel("accuracy  [%]")
+    axes.set_title("Accuracy against full-cycle energy")
+    axes.grid(True, which="major", linewidth=0.5, alpha=0.5)
+    axes.legend(fontsize=8, loc="lower right")
+
+
+def draw_report(report: Report) -> Any:
+    """A matplotlib Figure of ``report``: per meter, full-cycle lines and accuracy–energy."""
+    figure_class, canvas_class = _matplotlib()
+    from matplotlib import colormaps
+
+    width, height = figure_size_pixels(report)
+    figure = figure_class(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    canvas_class(figure)
+    lifecycles = report.lifecycles or []
+    if not lifecycles:
+        axes = figure.add_subplot(1, 1, 1)
+        axes.text(0.5, 0.5, "no lifecycle result measured", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    palette = colormaps["tab10" if len(report.rows) <= 10 else "tab20"]
+    grid = figure.subplots(len(lifecycles), 2, squeeze=False)
+    for line, lifecycle in enumerate(lifecycles):
+        rows = [row for row in report.rows if row.meter == lifecycle.meter]
+        rows.sort(key=lambda row: (row.family, row.method, row.model))
+        colours = {id(row): palette(index % palette.N) for index, row in enumerate(rows)}
+        _draw_full_cycle(grid[line][0], lifecycle, rows, report, colours)
+        _draw_pareto(grid[line][1], lifecycle, rows, report, colours)
+    return figure
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` to ``path`` in the format its extension names."""
+    target = Path(path)
+    file_format = chart_format(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, format=file_format, dpi=DPI)
+    except OSError as error:
+        raise ReportError(f"--energy-plot {os.fspath(path)!r}: cannot write ({error})") from None
+    return target
+
+
+def write_chart(report: Report, path: str | os.PathLike[str]) -> Path:
+    """Draw ``report`` and write it to ``path`` (.png or .svg)."""
+    chart_format(path)
+    return save_figure(draw_report(report), path)
+
+
+def plot_results(
+    results: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    comparison: Any | None = None,
+    *,
+    baseline: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+) -> Path:
+    """Chart a results document (and an optional comparison) to ``path``."""
+    return write_chart(
+        build_report(results, comparison, baseline=baseline, reference=reference), path
+    )

@@ -1,0 +1,632 @@
+"""What a report says, computed once from a results document and an optional comparison.
+
+The markdown report and the charts render this model; neither recomputes a figure. A row is one
+test as seen by one meter (a test measured by ``cputime`` and ``counted`` gives two rows, each
+labelled with its meter's kind). Rows of the meters that gate (the comparison's ``gate``, else
+the same default as ``compare.default_gate``: measured meters, else ``counted``, else estimated)
+are the report's main rows and its headline counts their tests; the other meters' rows are
+shown as context.
+
+A comparison (``pytest_energy.compare.ComparisonReport`` or its ``to_dict()``) adds a verdict
+per test and per row, and the change of TEC, IEC and E(MUI) at each usage; without one every
+result is ``new``. Baseline documents (same record layout) let the lifecycle view say how
+break-even points moved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_energy.carbon import CarbonIntensity, resolve_intensity
+from pytest_energy.errors import ConfigError, ReportError
+from pytest_energy.lifecycle import LifecycleCost, break_even_usage, pareto_front
+
+VERDICTS = ("regressed", "incomparable", "improved", "new", "unchanged")
+"""Every verdict, most urgent first: the order rows are listed in."""
+
+REFERENCE_AUTO = "auto"
+"""Pick the reference row by its labels: ``family: baseline`` or ``method: uncompressed``."""
+_AUTO_REFERENCE_LABELS = (("family", "baseline"), ("method", "uncompressed"))
+_GATE_KIND_PREFERENCE = ("measured", "counted", "estimated")
+
+
+@dataclass(frozen=True)
+class UsageChange:
+    """One figure now and in the baseline, and the change in percent (TEC, IEC or E(MUI))."""
+
+    usage: float
+    baseline_joules: float | None
+    current_joules: float | None
+    change_percent: float | None
+    verdict: str
+
+
+@dataclass(frozen=True)
+class RowComparison:
+    """How one test × meter compares with the baseline.
+
+    ``changes`` holds E(MUI) per usage; ``tec`` and ``iec`` the training and inference figures;
+    ``note`` why a verdict is ``new`` or ``incomparable``, and any warning.
+    """
+
+    verdict: str
+    changes: Mapping[float, UsageChange] = field(default_factory=dict)
+    note: str = ""
+    gating: bool = True
+    tec: UsageChange | None = None
+    iec: UsageChange | None = None
+    tolerances: frozenset[float] = frozenset()
+    baseline_source: str | None = None
+
+
+NEW = RowComparison("new")
+
+
+@dataclass(frozen=True)
+class ComparisonView:
+    """A comparison reduced to what a report shows.
+
+    ``rows`` is keyed by (node id, meter name); ``test_verdicts`` by node id; ``gate`` names
+    the meters whose verdicts decide; ``removed`` lists baseline tests with no current result.
+    """
+
+    rows: Mapping[tuple[str, str], RowComparison]
+    test_verdicts: Mapping[str, str] = field(default_factory=dict)
+    gate: tuple[str, ...] = ()
+    baseline_sources: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """One test as seen by one meter: labels, accuracy, TEC, IEC, E(MUI), G(MUI) and verdict."""
+
+    nodeid: str
+    family: str
+    method: str
+    model: str
+    meter: str
+    kind: str
+    accuracy: float | None
+    tec_joules: float
+    iec_joules_per_sample: float | None
+    full_cycle_joules: Mapping[float, float | None]
+    greenness: Mapping[float, float | None]
+    tolerance: float | None
+    comparison: RowComparison
+    gating: bool = True
+
+    @property
+    def verdict(self) -> str:
+        return self.comparison.verdict
+
+    @property
+    def cost(self) -> LifecycleCost | None:
+        if self.iec_joules_per_sample is None:
+            return None
+        return LifecycleCost(self.tec_joules, self.iec_joules_per_sample)
+
+    @property
+    def label(self) -> str:
+        """How the row is named in lifecycle tables: method, and model when there is one."""
+        return f"{self.method} ({self.model})" if self.model else self.method
+
+    def change(self, usage: float) -> UsageChange | None:
+        return self.comparison.changes.get(usage)
+
+    def joules_at(self, usage: float) -> float | None:
+        """E(MUI) at any usage ≥ 0 from TEC and IEC (the stored figure where there is one)."""
+        stored = self.full_cycle_joules.get(usage)
+        if stored is not None:
+            return stored
+        cost = self.cost
+        return None if cost is None else cost.full_cycle_joules(usage)
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where a method's full-cycle line crosses the reference's (and where it crossed before)."""
+
+    row: Row
+    reference: Row
+    usage: float | None
+    cheaper: str
+    """``"beyond"`` (cheaper than the reference beyond ``usage``), ``"below"`` (cheaper below
+    it), ``"always"``, ``"never"`` or ``"unknown"`` (no inference measured)."""
+    baseline_usage: float | None = None
+    baseline_known: bool = False
+
+
+@dataclass(frozen=True)
+class UsageLeaders:
+    """At one usage: the row with the lowest E(MUI) and the one with the highest G(MUI)."""
+
+    usage: float
+    lowest_energy: Row | None
+    highest_greenness: Row | None
+
+
+@dataclass(frozen=True)
+class MeterLifecycle:
+    """The lifecycle view through one meter's figures."""
+
+    meter: str
+    kind: str
+    gating: bool
+    leaders: list[UsageLeaders]
+    break_evens: list[BreakEven]
+    reference_missing: str | None
+    pareto: dict[float, list[Row]]
+
+
+@dataclass(frozen=True)
+class BaselineInfo:
+    """Where the baseline came from: profiles, files and the commits its tests were saved at."""
+
+    profiles: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    commits: tuple[str, ...] = ()
+    dates: tuple[str, ...] = ()
+
+
+@dataclass
+class Report:
+    """Everything a report shows; build it with ``build_report``."""
+
+    rows: list[Row]
+    usage: list[float]
+    meters: list[dict[str, Any]]
+    machine: dict[str, Any]
+    created: str | None
+    carbon: CarbonIntensity
+    comparison: ComparisonView | None
+    lifecycles: list[MeterLifecycle]
+    reference: str
+    gate: tuple[str, ...]
+    baseline: BaselineInfo = field(default_factory=BaselineInfo)
+
+    @property
+    def main_rows(self) -> list[Row]:
+        """Rows of the gating meters: what the headline counts and the tables lead with."""
+        return [row for row in self.rows if row.gating]
+
+    @property
+    def other_rows(self) -> list[Row]:
+        return [row for row in self.rows if not row.gating]
+
+    def families(self, rows: Sequence[Row] | None = None) -> dict[str, list[Row]]:
+        """Rows per family label, most urgent family first; rows most urgent first."""
+        groups: dict[str, list[Row]] = {}
+        for row in self.rows if rows is None else rows:
+            groups.setdefault(row.family, []).append(row)
+        for members in groups.values():
+            members.sort(key=row_order)
+        return dict(
+            sorted(
+                groups.items(),
+                key=lambda item: (min(VERDICTS.index(row.verdict) for row in item[1]), item[0]),
+            )
+        )
+
+    def test_verdicts(self) -> dict[str, str]:
+        """Each test's verdict: the comparison's, else the worst over its gating rows."""
+        verdicts: dict[str, list[str]] = {}
+        for row in self.main_rows:
+            verdicts.setdefault(row.nodeid, []).append(row.verdict)
+        given = self.comparison.test_verdicts if self.comparison is not None else {}
+        return {
+            nodeid: given.get(nodeid) or worst_verdict(found) for nodeid, found in verdicts.items()
+        }
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Tests per verdict, every verdict present."""
+        counts = {verdict: 0 for verdict in VERDICTS}
+        for verdict in self.test_verdicts().values():
+            counts[verdict if verdict in counts else "incomparable"] += 1
+        return counts
+
+    def meter_kinds(self) -> dict[str, str]:
+        kinds = {row.meter: row.kind for row in self.rows}
+        for meter in self.meters:
+            kinds.setdefault(str(meter.get("name")), str(meter.get("kind", "")))
+        return kinds
+
+    def tolerances(self) -> list[float]:
+        """The E(MUI) tolerances the gating rows were judged with (fractions), sorted."""
+        found: set[float] = set()
+        for row in self.main_rows:
+            if row.comparison.tolerances:
+                found |= row.comparison.tolerances
+            elif row.tolerance is not None:
+                found.add(row.tolerance)
+        return sorted(found)
+
+
+def row_order(row: Row) -> tuple[int, str, str, str]:
+    """Regressions first, then incomparable, improved, new, unchanged; then by method."""
+    return (VERDICTS.index(row.verdict), row.method, row.model, row.meter)
+
+
+def default_gate(kinds: Mapping[str, str]) -> tuple[str, ...]:
+    """The meters that gate when none is named: measured, else counted, else estimated ones."""
+    for wanted in _GATE_KIND_PREFERENCE:
+        chosen = sorted(meter for meter, kind in kinds.items() if kind == wanted)
+        if chosen:
+            return tuple(chosen)
+    return tuple(sorted(kinds))
+
+
+def _method_name(nodeid: str, labels: Mapping[str, Any]) -> str:
+    return str(labels.get("method") or nodeid.rsplit("::", 1)[-1])
+
+
+def _tolerance(result: Mapping[str, Any]) -> float | None:
+    tolerance = result.get("tolerance")
+    if isinstance(tolerance, Mapping):
+        value = tolerance.get("full_cycle")
+        return None if value is None else float(value)
+    if isinstance(tolerance, (int, float)):
+        return float(tolerance)
+    return None
+
+
+def _row_verdict(compared: RowComparison | None) -> RowComparison:
+    if compared is None or compared.verdict in VERDICTS:
+        return compared or NEW
+    return RowComparison("incomparable", compared.changes, f"unknown verdict {compared.verdict}")
+
+
+def result_rows(
+    tests: Mapping[str, Mapping[str, Any]],
+    comparison: ComparisonView | None = None,
+    gate: Sequence[str] | None = None,
+) -> list[Row]:
+    """One row per test × meter of a results document's ``tests``, most urgent first."""
+    rows = []
+    for nodeid, result in tests.items():
+        labels = result.get("labels", {}) or {}
+        for meter, view in (result.get("meters", {}) or {}).items():
+            points = view.get("full_cycle", []) or []
+            compared = comparison.rows.get((nodeid, meter)) if comparison is not None else None
+            rows.append(
+                Row(
+                    nodeid=nodeid,
+                    family=str(labels.get("family") or "—"),
+                    method=_method_name(nodeid, labels),
+                    model=str(labels.get("model") or ""),
+                    meter=meter,
+                    kind=str(view.get("kind", "")),
+                    accuracy=result.get("accuracy"),
+                    tec_joules=float(view.get("tec_joules") or 0.0),
+                    iec_joules_per_sample=view.get("iec_joules_per_sample"),
+                    full_cycle_joules={float(p["usage"]): p.get("joules") for p in points},
+                    greenness={float(p["usage"]): p.get("greenness") for p in points},
+                    tolerance=_tolerance(result),
+                    comparison=_row_verdict(compared),
+                    gating=gate is None or meter in gate,
+                )
+            )
+    rows.sort(key=row_order)
+    return rows
+
+
+def parse_reference(spec: str | None) -> tuple[str, str] | None:
+    """``"method=uncompressed"`` → (label, value); ``"auto"``/None → None; else a node id part."""
+    if spec is None or spec == REFERENCE_AUTO:
+        return None
+    if "=" in spec:
+        key, _, value = spec.partition("=")
+        if not key.strip() or not value.strip():
+            raise ConfigError(
+                f"--energy-reference: expected LABEL=VALUE (e.g. method=uncompressed), a test "
+                f"node id, or auto; got {spec!r}"
+            )
+        return key.strip(), value.strip()
+    return "nodeid", spec
+
+
+def is_reference(row: Row, spec: str | None) -> bool:
+    """Whether ``row`` is a reference: by labels (auto), a LABEL=VALUE pair, or a node id part."""
+    parsed = parse_reference(spec)
+    if parsed is None:
+        labels = {"family": row.family, "method": row.method}
+        return any(labels[key] == value for key, value in _AUTO_REFERENCE_LABELS)
+    key, value = parsed
+    if key == "nodeid":
+        return value in row.nodeid
+    labels = {"family": row.family, "method": row.method, "model": row.model, "meter": row.meter}
+    return labels.get(key) == value
+
+
+def _cheaper_side(row: LifecycleCost, reference: LifecycleCost, usage: float | None) -> str:
+    if usage is not None:
+        return "beyond" if row.iec_joules_per_sample < reference.iec_joules_per_sample else "below"
+    at_zero = row.tec_joules - reference.tec_joules
+    slope = row.iec_joules_per_sample - reference.iec_joules_per_sample
+    if at_zero <= 0 and slope <= 0:
+        return "always"
+    return "never"
+
+
+def _break_even(
+    row: Row, reference: Row, baseline_costs: Mapping[tuple[str, str], LifecycleCost]
+) -> BreakEven:
+    cost, reference_cost = row.cost, reference.cost
+    if cost is None or reference_cost is None:
+        return BreakEven(row, reference, None, "unknown")
+    usage = break_even_usage(cost, reference_cost)
+    old_cost = baseline_costs.get((row.nodeid, row.meter))
+    old_reference = baseline_costs.get((reference.nodeid, reference.meter))
+    if old_cost is None or old_reference is None:
+        return BreakEven(row, reference, usage, _cheaper_side(cost, reference_cost, usage))
+    return BreakEven(
+        row,
+        reference,
+        usage,
+        _cheaper_side(cost, reference_cost, usage),
+        break_even_usage(old_cost, old_reference),
+        True,
+    )
+
+
+def meter_lifecycle(
+    rows: Sequence[Row],
+    usage: Sequence[float],
+    reference: str | None = REFERENCE_AUTO,
+    baseline_costs: Mapping[tuple[str, str], LifecycleCost] | None = None,
+) -> MeterLifecycle:
+    """Leaders per usage, Pareto fronts and break-evens against the reference, for one meter.
+
+    Each method is compared with the reference row of the same model when there is one (a
+    pruned ResNet-56 against the uncompressed ResNet-56), else with the only reference row.
+    """
+    baseline_costs = baseline_costs or {}
+    measured = [row for row in rows if row.cost is not None]
+    leaders = []
+    pareto: dict[float, list[Row]] = {}
+    for mui in usage:
+        energies = [(row, row.joules_at(mui)) for row in measured]
+        energies = [(row, joules) for row, joules in energies if joules is not None]
+        lowest = min(energies, key=lambda item: item[1])[0] if energies else None
+        greens = [(row, row.greenness.get(mui)) for row in measured]
+        greens = [(row, value) for row, value in greens if value is not None]
+        highest = max(greens, key=lambda item: item[1])[0] if greens else None
+        leaders.append(UsageLeaders(mui, lowest, highest))
+        scored = [(row, row.accuracy, joules) for row, joules in energies]
+        front = pareto_front(
+            (index, accuracy, joules)
+            for index, (_row, accuracy, joules) in enumerate(scored)
+            if accuracy is not None
+        )
+        pareto[mui] = [scored[index][0] for index in front]
+    references = [row for row in rows if is_reference(row, reference)]
+    break_evens: list[BreakEven] = []
+    missing = None
+    if not references:
+        missing = (
+            "no reference row (labels family: baseline or method: uncompressed); "
+            "choose one with --energy-reference LABEL=VALUE"
+            if reference in (None, REFERENCE_AUTO)
+            else f"no row matches the reference {reference!r}"
+        )
+    else:
+        for row in rows:
+            if any(row is chosen for chosen in references):
+                continue
+            same_model = [chosen for chosen in references if chosen.model == row.model]
+            candidates = same_model or (references if len(references) == 1 else [])
+            if candidates:
+                break_evens.append(_break_even(row, candidates[0], baseline_costs))
+    meter = rows[0].meter if rows else ""
+    kind = rows[0].kind if rows else ""
+    gating = bool(rows) and rows[0].gating
+    return MeterLifecycle(meter, kind, gating, leaders, break_evens, missing, pareto)
+
+
+def _baseline_documents(baseline: Any) -> list[Mapping[str, Any]]:
+    """Baseline documents from a document, a ``BaselineFile``, or a list of either."""
+    if baseline is None:
+        return []
+    items = baseline if isinstance(baseline, (list, tuple)) else [baseline]
+    documents = []
+    for item in items:
+        if isinstance(item, Mapping):
+            documents.append(item)
+        elif hasattr(item, "tests"):
+            profile = getattr(item, "profile", None)
+            documents.append(
+                {
+                    "tests": item.tests,
+                    "profile": profile.to_dict() if hasattr(profile, "to_dict") else {},
+                    "path": str(getattr(item, "path", "")),
+                }
+            )
+    return documents
+
+
+def _baseline_costs(documents: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], LifecycleCost]:
+    costs: dict[tuple[str, str], LifecycleCost] = {}
+    for document in documents:
+        for nodeid, result in (document.get("tests") or {}).items():
+            for meter, view in (result.get("meters") or {}).items():
+                iec = view.get("iec_joules_per_sample")
+                if iec is not None and view.get("tec_joules") is not None:
+                    costs[(nodeid, meter)] = LifecycleCost(float(view["tec_joules"]), float(iec))
+    return costs
+
+
+def _baseline_info(
+    documents: Sequence[Mapping[str, Any]], comparison: ComparisonView | None
+) -> BaselineInfo:
+    profiles, sources, commits, dates = set(), set(), set(), set()
+    for document in documents:
+        profile = document.get("profile")
+        if isinstance(profile, Mapping) and profile.get("name"):
+            profiles.add(str(profile["name"]))
+        if document.get("path"):
+            sources.add(str(document["path"]))
+        if document.get("created"):
+            dates.add(str(document["created"]))
+        for result in (document.get("tests") or {}).values():
+            recorded = result.get("recorded") or {}
+            if recorded.get("commit"):
+                commits.add(str(recorded["commit"]))
+            if recorded.get("date"):
+                dates.add(str(recorded["date"]))
+    if comparison is not None:
+        sources |= set(comparison.baseline_sources)
+    return BaselineInfo(
+        tuple(sorted(profiles)),
+        tuple(sorted(sources)),
+        tuple(sorted(commits)),
+        tuple(sorted(dates)),
+    )
+
+
+def _usage_columns(rows: Iterable[Row]) -> list[float]:
+    return sorted({usage for row in rows for usage in row.full_cycle_joules})
+
+
+def build_report(
+    results: Mapping[str, Any],
+    comparison: Any | None = None,
+    *,
+    baseline: Any | None = None,
+    carbon: CarbonIntensity | None = None,
+    reference: str | None = REFERENCE_AUTO,
+) -> Report:
+    """The report of a results document, with an optional comparison and baseline documents.
+
+    ``comparison``: a ``ComparisonReport``, its ``to_dict()`` or a ``ComparisonView``.
+    ``baseline``: baseline (or results) documents, or loaded ``BaselineFile`` objects, one or a
+    list; they let the lifecycle view say how break-even points moved.
+    """
+    view = (
+        comparison
+        if comparison is None or isinstance(comparison, ComparisonView)
+        else comparison_view(comparison)
+    )
+    tests = results.get("tests", {}) or {}
+    kinds = {
+        meter: str(record.get("kind", ""))
+        for result in tests.values()
+        for meter, record in (result.get("meters", {}) or {}).items()
+    }
+    gate = view.gate if view is not None and view.gate else default_gate(kinds)
+    rows = result_rows(tests, view, gate)
+    usage = _usage_columns(rows)
+    documents = _baseline_documents(baseline)
+    old_costs = _baseline_costs(documents)
+    by_meter: dict[str, list[Row]] = {}
+    for row in rows:
+        by_meter.setdefault(row.meter, []).append(row)
+    lifecycles = [
+        meter_lifecycle(by_meter[meter], usage, reference, old_costs)
+        for meter in sorted(by_meter, key=lambda name: (name not in gate, name))
+    ]
+    return Report(
+        rows=rows,
+        usage=usage,
+        meters=[dict(meter) for meter in results.get("meters", []) or []],
+        machine=dict(results.get("machine", {}) or {}),
+        created=results.get("created"),
+        carbon=carbon or resolve_intensity(),
+        comparison=view,
+        lifecycles=lifecycles,
+        reference=reference or REFERENCE_AUTO,
+        gate=tuple(gate),
+        baseline=_baseline_info(documents, view),
+    )
+
+
+# --- reading a comparison -------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def worst_verdict(verdicts: Iterable[str]) -> str:
+    """The most urgent of ``verdicts`` in ``VERDICTS`` order (``new`` when there are none)."""
+    known = [verdict for verdict in verdicts if verdict in VERDICTS]
+    return min(known, key=VERDICTS.index) if known else "new"
+
+
+def _change(quantity: Mapping[str, Any]) -> UsageChange:
+    return UsageChange(
+        usage=_number(quantity.get("usage")) or 0.0,
+        baseline_joules=_number(quantity.get("baseline")),
+        current_joules=_number(quantity.get("current")),
+        change_percent=_number(quantity.get("change_percent")),
+        verdict=str(quantity.get("verdict") or "unchanged"),
+    )
+
+
+def _meter_comparison(meter: Mapping[str, Any]) -> RowComparison:
+    changes: dict[float, UsageChange] = {}
+    figures: dict[str, UsageChange] = {}
+    tolerances: set[float] = set()
+    for quantity in meter.get("quantities", []) or []:
+        name = quantity.get("quantity")
+        if name == "full_cycle" and _number(quantity.get("usage")) is not None:
+            change = _change(quantity)
+            changes[change.usage] = change
+            tolerance = _number(quantity.get("tolerance_percent"))
+            if tolerance is not None:
+                tolerances.add(tolerance / 100)
+        elif name in ("tec", "iec"):
+            figures[name] = _change(quantity)
+    notes = [str(meter.get("reason") or "")] + [str(w) for w in meter.get("warnings", []) or []]
+    return RowComparison(
+        verdict=str(meter.get("verdict") or "new"),
+        changes=changes,
+        note="; ".join(note for note in notes if note),
+        gating=bool(meter.get("gating", True)),
+        tec=figures.get("tec"),
+        iec=figures.get("iec"),
+        tolerances=frozenset(tolerances),
+        baseline_source=meter.get("baseline_source"),
+    )
+
+
+def comparison_view(comparison: Any) -> ComparisonView:
+    """Read a comparison into a ``ComparisonView``.
+
+    ``comparison`` is a ``pytest_energy.compare.ComparisonReport``, its ``to_dict()`` or that
+    dict read back from JSON (schema ``pytest-energy/comparison``): ``tests`` with a verdict
+    each, and per meter its verdict, whether it gates, why (``reason``, ``warnings``) and the
+    quantities TEC, IEC and E(MUI) per usage with their baseline, current and change in percent.
+    """
+    data = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
+    if not isinstance(data, Mapping) or not isinstance(data.get("tests"), list):
+        raise ReportError(
+            "a comparison must be pytest-energy/comparison data (ComparisonReport.to_dict()), "
+            f"got {type(data).__name__}"
+        )
+    rows: dict[tuple[str, str], RowComparison] = {}
+    test_verdicts: dict[str, str] = {}
+    for test in data["tests"]:
+        nodeid = str(test.get("nodeid"))
+        for meter in test.get("meters", []) or []:
+            rows[(nodeid, str(meter.get("meter")))] = _meter_comparison(meter)
+        if test.get("verdict"):
+            test_verdicts[nodeid] = str(test["verdict"])
+    sources = sorted(
+        {row.baseline_source for row in rows.values() if row.baseline_source is not None}
+    )
+    return ComparisonView(
+        rows=rows,
+        test_verdicts=test_verdicts,
+        gate=tuple(str(meter) for meter in data.get("gate", []) or []),
+        baseline_sources=tuple(sources),
+        removed=tuple(str(nodeid) for nodeid in data.get("not_run", []) or []),
+    )
