@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
+from pytest_energy.compare_command import add_compare_command
 from pytest_energy.errors import EnergyError
 from pytest_energy.meters import MeterOptions, probe_meters
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit with status 1 when a test regressed"
     )
     report.set_defaults(handler=command_report)
+    add_compare_command(commands)
     return parser
 
 

@@ -33,6 +33,11 @@ class EnergyFixture:
         self._phase_names: set[str] = set()
         self.live = PhaseProgress(where)
         """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
+        self.train_repeats: list[list[PhaseRecord]] = []
+        """Train phases of each repeated run of the test body (``--energy-train-rounds``)."""
+        self._first_run: tuple[list[PhaseRecord], InferenceRecord | None, float | None] | None = (
+            None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -185,7 +190,7 @@ class EnergyFixture:
                 "energy.inference() was already called in this test: one inference "
                 "measurement per lifecycle test"
             )
-        if not self.enabled:
+        if not self.enabled or self._first_run is not None:
             _call(fn, "energy.inference(fn)")
             return None
         for _ in range(warmup):
@@ -216,11 +221,40 @@ class EnergyFixture:
             for name, reading in readings.items():
                 record.rounds[name].append(reading)
 
+    def repeat_training(self) -> None:
+        """Get ready to run the test body again, to measure training noise.
+
+        ``--energy-train-rounds N`` runs the body N times. The first run stays the test's
+        result; each repeat's train phases go to ``train_repeats``, and its ``inference()``
+        calls the function once, unmeasured. Call ``end_repeats()`` after the last run.
+        """
+        if self._first_run is None:
+            self._first_run = (self.phases, self.inference_record, self._accuracy)
+        else:
+            self.train_repeats.append(self.phases)
+        self.phases, self.inference_record, self._phase_names = [], None, set()
+
+    def end_repeats(self) -> None:
+        """Keep the last repeat's phases and restore the first run as the test's result."""
+        if self._first_run is not None:
+            self.train_repeats.append(self.phases)
+            self.phases, self.inference_record, self._accuracy = self._first_run
+            self._first_run = None
+
     def result(self, outcome: str = "passed") -> dict[str, Any]:
         """This test's JSON-ready record (see ``pytest_energy.results``)."""
-        return lifecycle_result(
+        record = lifecycle_result(
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
+        for meter, view in record["meters"].items():
+            if self.train_repeats:
+                view["train_repeats"] = {
+                    "tec_joules": [
+                        float(sum(p.readings[meter].joules for p in run if meter in p.readings))
+                        for run in (self.phases, *self.train_repeats)
+                    ]
+                }
+        return record
 
     @property
     def measured_anything(self) -> bool:

@@ -25,6 +25,8 @@ from pytest_energy.config import (
 from pytest_energy.distributed import reports_here
 from pytest_energy.errors import ConfigError, EnergyError, MeasurementError
 from pytest_energy.fixture import EnergyFixture
+from pytest_energy.gate import RegressionGate
+from pytest_energy.gate import add_options as add_gate_options
 from pytest_energy.machine import machine_info
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
 from pytest_energy.report.terminal import summary_table
@@ -40,6 +42,7 @@ from pytest_energy.workers import (
 SESSION_KEY = pytest.StashKey[EnergySession]()
 FIXTURE_KEY = pytest.StashKey[EnergyFixture]()
 FAILED_KEY = pytest.StashKey[list]()
+GATE_KEY = pytest.StashKey[RegressionGate]()
 REPORT_ATTRIBUTE = "energy_result"
 
 
@@ -141,6 +144,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("energy_rounds", "measured inference rounds per test", default="")
     parser.addini("energy_warmup", "warm-up calls before inference rounds", default="")
     parser.addini("energy_cpu_watts", "watts per hardware thread for cputime", default="")
+    add_gate_options(group, parser)
 
 
 def _setting(config: pytest.Config, option: str, ini: str) -> Any:
@@ -202,6 +206,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         pin_worker_gpu(config)  # before any meter or test looks at CUDA_VISIBLE_DEVICES
         config.stash[SESSION_KEY] = _build_session(config)
+        config.stash[GATE_KEY] = RegressionGate.from_config(config, config.stash[SESSION_KEY])
         shared_meters_kept = check_shared_meters(config, config.stash[SESSION_KEY].meters)
     except (EnergyError, ValueError) as error:
         raise pytest.UsageError(str(error)) from None
@@ -211,6 +216,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         ResultCollector(config.stash[SESSION_KEY], config.stash[FAILED_KEY]), "energy-results"
     )
+    config.pluginmanager.register(config.stash[GATE_KEY], "energy-gate")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -304,6 +310,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         [meter.describe() for meter in energy_session.meters],
         machine_info(),
     )
+    if GATE_KEY in config.stash:
+        document.update(config.stash[GATE_KEY].results_extras())
     try:
         write_json_atomic(path, document)
     except OSError as error:
