@@ -545,29 +545,34 @@ def compare_snapshots(
 
 
 def summary_lines(report: ComparisonReport, fail_on_improvement: bool = False) -> list[str]:
-    """Plain-text lines for a terminal: one per finding, then a count per verdict."""
+    """Plain-text lines for a terminal: each finding with its quantities, then the counts."""
     lines = []
     for test in report.tests:
         for meter in test.meters:
             where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
             against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
             if meter.verdict == "regressed":
-                for quantity in meter.judged("regressed"):
-                    lines.append(f"REGRESSED {where}: {quantity.describe_change()}{against}")
+                lines.append(f"REGRESSED {where}{against}")
+                lines += [f"    {q.describe_change()}" for q in meter.judged("regressed")]
             elif meter.verdict == "improved":
-                action = "fails the run" if fail_on_improvement and meter.gating else "stale"
-                for quantity in meter.judged("improved"):
-                    lines.append(
-                        f"improved  {where}: {quantity.describe_change()}{against} — baseline "
-                        f"{action}: refresh with --energy-save"
-                    )
+                fails = fail_on_improvement and meter.gating
+                lines.append(
+                    f"improved  {where}{against}: "
+                    + ("fails the run (--energy-fail-on-improvement); " if fails else "")
+                    + "the baseline is stale, refresh it with --energy-save"
+                )
+                lines += [f"    {q.describe_change()}" for q in meter.judged("improved")]
             elif meter.verdict == "incomparable":
-                lines.append(f"incomparable {where}: {meter.reason}{against}")
+                lines.append(f"incomparable {where}{against}: {meter.reason}")
             elif meter.verdict == "new" and meter.gating:
                 lines.append(f"new       {where}: {meter.reason} (record one with --energy-save)")
             lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
-    for nodeid in report.not_run:
-        lines.append(f"not run   {nodeid}: in the baseline, not in this run")
+    if report.not_run:
+        shown = ", ".join(report.not_run[:3]) + (", ..." if len(report.not_run) > 3 else "")
+        lines.append(
+            f"not run   {len(report.not_run)} test(s) of the baseline did not pass in this run "
+            f"({shown}); --energy-save --energy-prune drops those that no longer exist"
+        )
     counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
     lines.append(f"gate {', '.join(report.gate) or '(none)'}: {counts or 'no tests'}")
     return lines
