@@ -146,10 +146,11 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
-        truncated = " (truncated?)" if error.pos >= len(text.rstrip()) else ""
+        stripped = text.strip()
+        truncated = stripped.startswith(("{", "[")) and not stripped.endswith(("}", "]"))
         raise BaselineError(
-            f"{path}: not valid JSON{truncated}: {error.msg} at line {error.lineno} column "
-            f"{error.colno}"
+            f"{path}: not valid JSON{' (truncated?)' if truncated else ''}: {error.msg} "
+            f"(line {error.lineno}, column {error.colno})"
         ) from None
     except ValueError as error:
         raise BaselineError(f"{path}: not valid JSON: {error}") from None

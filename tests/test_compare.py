@@ -1,0 +1,280 @@
+"""Comparing a run with its baseline: verdicts per test, meter and quantity; the compare CLI."""
+
+import json
+
+import pytest
+from gate_data import A100, H100, record, recorded, snapshot
+
+from pytest_energy.cli import main
+from pytest_energy.compare import compare_meter, compare_snapshots, default_gate
+from pytest_energy.config import Tolerance
+from pytest_energy.results import SCHEMA, SCHEMA_VERSION, dump_json
+
+QUIET = [1.00, 1.01, 0.99, 1.02, 0.98]
+
+
+def compare_one(now, before, gating=True, **options):
+    meter = next(iter(now.record["meters"]))
+    return compare_meter(meter, now, before, gating=gating, **options)
+
+
+def quantity(meter_comparison, name, usage=None):
+    return next(q for q in meter_comparison.quantities if q.quantity == name and q.usage == usage)
+
+
+# --- counted: exact ---------------------------------------------------------------------------
+
+
+def test_counted_20_percent_more_training_regresses_tec_and_train_heavy_full_cycle():
+    result = compare_one(recorded(record(tec=1200.0)), recorded(record(tec=1000.0)))
+    assert result.verdict == "regressed"
+    assert result.rule == "exact"
+    tec = quantity(result, "tec")
+    assert (tec.verdict, tec.change_percent) == ("regressed", pytest.approx(20.0))
+    assert quantity(result, "full_cycle", 1e3).verdict == "regressed"  # 2200 J vs 2000 J
+    assert quantity(result, "full_cycle", 1e6).verdict == "unchanged"  # inference dominates
+    assert quantity(result, "iec").verdict == "unchanged"
+
+
+def test_counted_2_percent_is_within_a_5_percent_tolerance():
+    result = compare_one(recorded(record(tec=102.0, rounds=[1.02])), recorded(record()))
+    assert result.verdict == "unchanged"
+    assert {q.verdict for q in result.quantities} <= {"unchanged", None}
+
+
+def test_every_quantity_reports_baseline_current_and_change():
+    result = compare_one(recorded(record(tec=100.0, rounds=[1.5])), recorded(record()))
+    iec = quantity(result, "iec")
+    assert (iec.baseline, iec.current, iec.change_percent) == (1.0, 1.5, pytest.approx(50.0))
+    full = quantity(result, "full_cycle", 1e6)
+    assert full.baseline == pytest.approx(100 + 1e6)
+    assert full.current == pytest.approx(100 + 1.5e6)
+    green = quantity(result, "greenness", 1e6)
+    assert green.verdict is None  # informational
+    assert green.current == pytest.approx(0.9 / (100 + 1.5e6))
+    assert green.change_percent < 0
+    assert full.label == "E(MUI=1e6)" and green.label == "G(MUI=1e6)"
+
+
+def test_per_quantity_tolerance_from_the_marker_is_used():
+    loose_train = record(tec=120.0, tolerance={"train": 0.5, "full_cycle": 0.5})
+    result = compare_one(recorded(loose_train), recorded(record(tec=100.0)))
+    assert quantity(result, "tec").verdict == "unchanged"
+    assert quantity(result, "tec").tolerance_percent == 50.0
+    assert result.verdict == "unchanged"
+
+
+def test_a_tolerance_override_wins_over_the_record():
+    result = compare_one(
+        recorded(record(tec=120.0)), recorded(record(tec=100.0)), tolerance=Tolerance(0.3, 0.3, 0.3)
+    )
+    assert result.verdict == "unchanged"
+
+
+def test_improvement_beyond_tolerance_is_reported():
+    assert compare_one(recorded(record(tec=50.0)), recorded(record())).verdict == "improved"
+
+
+# --- noisy meters: rounds and training noise --------------------------------------------------
+
+
+def test_estimated_inference_rise_needs_significance():
+    raised = record("cputime", rounds=[v * 1.2 for v in QUIET])
+    result = compare_one(recorded(raised), recorded(record("cputime", rounds=QUIET)))
+    iec = quantity(result, "iec")
+    assert (result.rule, iec.verdict) == ("noisy", "regressed")
+    assert iec.p_value < 0.01
+
+
+def test_estimated_one_noisy_round_is_not_a_regression():
+    noisy = record("cputime", rounds=[1.0, 1.0, 3.0, 1.01, 0.99])
+    result = compare_one(recorded(noisy), recorded(record("cputime", rounds=QUIET)))
+    assert result.verdict == "unchanged"
+
+
+def test_training_noise_recorded_with_the_baseline_widens_the_train_tolerance():
+    baseline = record("cputime", tec=100.0, rounds=QUIET, train_repeats=[100.0, 92.0, 108.0])
+    now = record("cputime", tec=110.0, rounds=QUIET)
+    result = compare_one(recorded(now), recorded(baseline))
+    assert result.train_noise_percent == pytest.approx(16.0)
+    assert quantity(result, "tec").verdict == "unchanged"
+    without_noise = record("cputime", tec=100.0, rounds=QUIET)
+    assert compare_one(recorded(now), recorded(without_noise)).verdict == "regressed"
+
+
+# --- new and incomparable ---------------------------------------------------------------------
+
+
+def test_no_baseline_is_new():
+    result = compare_one(recorded(record()), None)
+    assert (result.verdict, result.reason) == ("new", "no baseline for this test")
+
+
+def test_baseline_from_another_gpu_is_incomparable():
+    result = compare_one(
+        recorded(record("nvml", rounds=QUIET), hardware=H100),
+        recorded(record("nvml", rounds=QUIET), hardware=A100, source="baselines/nvml-a100.json"),
+    )
+    assert result.verdict == "incomparable"
+    assert "baseline from another GPU" in result.reason
+    assert "A100" in result.reason
+    assert result.baseline_source == "baselines/nvml-a100.json"
+
+
+def test_gpu_with_another_driver_or_power_limit_is_incomparable():
+    other_driver = {**H100, "driver_major": "535"}
+    result = compare_one(
+        recorded(record("nvml", rounds=QUIET), hardware=H100),
+        recorded(record("nvml", rounds=QUIET), hardware=other_driver),
+    )
+    assert "driver 535" in result.reason
+
+
+def test_baseline_from_another_cpu_is_incomparable_but_counted_is_not():
+    other_cpu = {"cpu_model": "Intel Xeon", "cpu_threads": 8}
+    cpu_result = compare_one(
+        recorded(record("cputime", rounds=QUIET)),
+        recorded(record("cputime", rounds=QUIET), hardware=other_cpu),
+    )
+    assert cpu_result.verdict == "incomparable"
+    assert "another CPU" in cpu_result.reason
+    counted_result = compare_one(recorded(record()), recorded(record(), hardware=other_cpu))
+    assert counted_result.verdict == "unchanged"
+
+
+def test_cputime_with_another_wattage_is_incomparable():
+    result = compare_one(
+        recorded(record("cputime", rounds=QUIET), meter_settings={"watts_per_thread": 4.0}),
+        recorded(record("cputime", rounds=QUIET), meter_settings={"watts_per_thread": 6.0}),
+    )
+    assert result.verdict == "incomparable"
+    assert "watts per thread" in result.reason
+
+
+def test_another_torch_version_is_a_warning_and_the_verdict_stands():
+    result = compare_one(
+        recorded(record(tec=120.0), torch="2.15.0"), recorded(record(), torch="2.14.1")
+    )
+    assert result.verdict == "regressed"
+    assert any("torch 2.14.1 vs 2.15.0" in warning for warning in result.warnings)
+
+
+def test_inference_missing_now_is_incomparable_and_new_inference_is_new():
+    gone = compare_one(recorded(record(rounds=None)), recorded(record()))
+    assert quantity(gone, "iec").verdict == "incomparable"
+    added = compare_one(recorded(record()), recorded(record(rounds=None)))
+    assert quantity(added, "iec").verdict == "new"
+    assert added.verdict == "unchanged"  # TEC still compares
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def test_default_gate_prefers_measured_then_counted_then_estimated():
+    assert default_gate({"nvml": "measured", "counted": "counted", "cputime": "estimated"}) == [
+        "nvml"
+    ]
+    assert default_gate({"counted": "counted", "cputime": "estimated"}) == ["counted"]
+    assert default_gate({"cputime": "estimated"}) == ["cputime"]
+
+
+def test_only_gating_meters_decide_a_tests_verdict():
+    current = {
+        "t.py::test": {
+            "counted": recorded(record(tec=100.0)),
+            "cputime": recorded(record("cputime", tec=200.0, rounds=QUIET)),
+        }
+    }
+    baseline = {
+        "t.py::test": {
+            "counted": recorded(record(tec=100.0)),
+            "cputime": recorded(record("cputime", tec=100.0, rounds=QUIET)),
+        }
+    }
+    report = compare_snapshots(current, baseline)
+    assert report.gate == ("counted",)
+    (test,) = report.tests
+    assert test.verdict == "unchanged"
+    assert test.meter("cputime").verdict == "regressed"
+    assert not test.meter("cputime").gating
+    assert not report.regressed
+    assert report.findings("regressed", gating=False)
+
+
+def test_report_counts_lists_tests_not_run_and_serialises_to_json():
+    current = snapshot(test_a=recorded(record(tec=130.0)), test_b=recorded(record()))
+    baseline = snapshot(test_a=recorded(record()), test_gone=recorded(record()))
+    report = compare_snapshots(current, baseline, gate=["counted"])
+    assert report.regressed
+    assert report.counts()["regressed"] == 1 and report.counts()["new"] == 1
+    assert report.not_run == ("test_x.py::test_gone",)
+    data = json.loads(dump_json(report.to_dict()))  # strict JSON: no NaN or infinity
+    assert data["schema"] == "pytest-energy/comparison"
+    (regressed,) = [test for test in data["tests"] if test["verdict"] == "regressed"]
+    meter = regressed["meters"][0]
+    assert meter["meter"] == "counted" and meter["gating"] is True
+    tec = next(q for q in meter["quantities"] if q["quantity"] == "tec")
+    assert tec["change_percent"] == pytest.approx(30.0)
+    assert tec["label"] == "TEC"
+
+
+# --- pytest-energy compare OLD NEW ------------------------------------------------------------
+
+
+def results_file(path, **tests):
+    document = {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "machine": {"cpu_model": "AMD EPYC", "cpu_threads": 2, "versions": {"torch": "2.15.0"}},
+        "meters": [{"name": "counted", "kind": "counted"}],
+        "tests": {f"test_x.py::{name}": value for name, value in tests.items()},
+    }
+    path.write_text(dump_json(document))
+    return str(path)
+
+
+def test_cli_compare_prints_verdicts_and_fails_only_with_fail(tmp_path, capsys):
+    old = results_file(tmp_path / "old.json", test_a=record(tec=100.0))
+    new = results_file(tmp_path / "new.json", test_a=record(tec=120.0))
+    assert main(["compare", old, new]) == 0
+    out = capsys.readouterr().out
+    assert "REGRESSED test_x.py::test_a [counted]" in out
+    assert "TEC +20.0 %" in out
+    assert main(["compare", old, new, "--fail"]) == 1
+    assert main(["compare", old, new, "--fail", "--tolerance", "25%"]) == 0
+
+
+def test_cli_compare_fail_on_improvement_and_json_output(tmp_path, capsys):
+    old = results_file(tmp_path / "old.json", test_a=record(tec=100.0))
+    new = results_file(tmp_path / "new.json", test_a=record(tec=50.0))
+    assert main(["compare", old, new, "--fail"]) == 0
+    out_json = tmp_path / "comparison.json"
+    assert main(["compare", old, new, "--fail", "--fail-on-improvement", "--json", str(out_json)])
+    assert json.loads(out_json.read_text())["counts"]["improved"] == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"schema": "pytest-energy/results", "vers', "not valid JSON (truncated?)"),
+        ("hello", "not valid JSON"),
+        ('{"schema": "pytest-energy/results", "version": 1, "tests": []}', "tests: expected an"),
+        ('{"schema": "pytest-energy/results", "version": 7, "tests": {}}', "newer pytest-energy"),
+        ('{"schema": "something-else", "version": 1}', "schema: expected"),
+    ],
+)
+def test_cli_compare_bad_file_is_one_clear_line(tmp_path, capsys, content, message):
+    good = results_file(tmp_path / "good.json", test_a=record())
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert main(["compare", str(bad), good]) == 2
+    err = capsys.readouterr().err
+    assert f"pytest-energy compare: {bad}" in err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_cli_compare_bad_tolerance_is_named(tmp_path, capsys):
+    good = results_file(tmp_path / "good.json", test_a=record())
+    assert main(["compare", good, good, "--tolerance", "lots"]) == 2
+    assert "--tolerance: expected a fraction" in capsys.readouterr().err
