@@ -1,0 +1,166 @@
+"""Quantization: int8 models run int8 kernels and are smaller; calibrations clip as their papers
+say; ZeroQ needs no data; PWLQ is 4-bit and simulated; QAT ends as an int8 model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.lowcarbon.data import synthetic_images
+from benchmarks.lowcarbon.models import CifarResNet, serialized_size_bytes
+from benchmarks.lowcarbon.quantization import (
+    _aciq_clip_value,
+    batch_norm_mismatch,
+    choose_clipping_range,
+    is_int8_model,
+    post_training_quantize,
+    pwlq_fake_quantize,
+    quantization_aware_training,
+    simulate_pwlq,
+    synthesize_calibration_images,
+    zeroq_quantize,
+)
+from benchmarks.lowcarbon.training import TrainSettings
+
+INT8_KERNELS = {"quantized::conv2d", "quantized::conv2d_relu", "quantized::add_relu"}
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return synthetic_images(64, seed=0).images
+
+
+@pytest.fixture(scope="module")
+def float_model(images) -> CifarResNet:
+    """A small ResNet whose batch-norm layers have recorded statistics of real inputs."""
+    torch.manual_seed(0)
+    model = CifarResNet(depth=8, width=8).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(images)
+    return model.eval()
+
+
+def executed_operators(model: torch.nn.Module, inputs: torch.Tensor) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as profiler, torch.inference_mode():
+        model(inputs)
+    return {event.key for event in profiler.key_averages()}
+
+
+def relative_error(model: torch.nn.Module, reference: torch.nn.Module, inputs) -> float:
+    with torch.inference_mode():
+        expected = reference(inputs)
+        return ((model(inputs) - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("clipping", ["minmax", "aciq", "omse"])
+def test_post_training_int8_runs_int8_kernels_and_is_smaller(float_model, images, clipping):
+    quantized = post_training_quantize(float_model, images, clipping)
+
+    assert is_int8_model(quantized)
+    assert executed_operators(quantized, images[:2]) >= INT8_KERNELS
+    assert serialized_size_bytes(quantized) < 0.5 * serialized_size_bytes(float_model)
+    assert quantized(images[:2]).dtype == torch.float32
+    assert relative_error(quantized, float_model, images) < 0.2
+
+
+def test_float_model_is_not_taken_for_int8(float_model):
+    assert not is_int8_model(float_model)
+
+
+@pytest.mark.parametrize(
+    ("bits", "published_clip"),
+    [(2, 2.83), (3, 3.89), (4, 5.03), (8, 9.89)],
+)
+def test_aciq_clip_matches_banner_et_al_for_a_laplace_prior(bits, published_clip):
+    values = torch.distributions.Laplace(0.0, 1.0).sample((200_000,))
+
+    clip = _aciq_clip_value(values, values.min().item(), values.max().item(), 2**bits)
+
+    assert clip == pytest.approx(published_clip, rel=0.03)
+
+
+def laplace_rows() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.distributions.Laplace(0.0, 1.0).sample((4, 4096))
+
+
+def uniform_quantization_error(rows, low, high, levels):
+    scale = ((high - low) / (levels - 1))[:, None]
+    steps = torch.round((rows.clamp(low[:, None], high[:, None]) - low[:, None]) / scale)
+    return ((steps * scale + low[:, None] - rows) ** 2).mean().item()
+
+
+@pytest.mark.parametrize("method", ["aciq", "omse"])
+def test_clipping_methods_clip_long_tails_at_4_bits_and_lower_the_error(method):
+    rows = laplace_rows()
+    lowest, highest = rows.amin(dim=1), rows.amax(dim=1)
+    observer = torch.ao.quantization.MinMaxObserver(quant_min=0, quant_max=15)
+
+    low, high = choose_clipping_range(
+        rows, lowest, highest, method, observer._calculate_qparams, (0, 15)
+    )
+
+    assert (high < highest).all() and (low > lowest).all()
+    assert uniform_quantization_error(rows, low, high, 16) < uniform_quantization_error(
+        rows, lowest, highest, 16
+    )
+    unclipped = choose_clipping_range(
+        rows, lowest, highest, "minmax", observer._calculate_qparams, (0, 15)
+    )
+    assert torch.equal(unclipped[0], lowest) and torch.equal(unclipped[1], highest)
+
+
+def test_zeroq_synthesises_inputs_that_match_batch_norm_statistics(float_model):
+    noise = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    distilled = synthesize_calibration_images(float_model, count=16, steps=30, seed=1)
+
+    assert batch_norm_mismatch(float_model, distilled) < 0.5 * batch_norm_mismatch(
+        float_model, noise
+    )
+    assert all(parameter.grad is None for parameter in float_model.parameters())
+
+
+def test_zeroq_gives_an_int8_model_without_real_data(float_model, images):
+    quantized = zeroq_quantize(float_model, samples=16, steps=30, seed=1)
+
+    assert is_int8_model(quantized)
+    assert "quantized::conv2d" in executed_operators(quantized, images[:2])
+
+
+def test_pwlq_weights_take_at_most_two_regions_of_4_bit_values_and_beat_uniform_4_bit():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 16, 3, 3, generator=generator)
+
+    quantized = pwlq_fake_quantize(weight, bits=4)
+
+    assert quantized.shape == weight.shape and quantized.dtype == torch.float32
+    for channel, original in zip(quantized, weight, strict=True):
+        assert channel.unique().numel() <= 2 * 2**4
+        uniform_scale = original.abs().max() / 7
+        uniform = torch.round(original / uniform_scale).clamp(-7, 7) * uniform_scale
+        assert (channel - original).pow(2).sum() < (uniform - original).pow(2).sum()
+
+
+def test_simulated_pwlq_model_keeps_fp32_kernels_with_4_bit_weights(float_model, images):
+    simulated = simulate_pwlq(float_model, bits=4)
+
+    assert not is_int8_model(simulated)
+    assert "quantized::conv2d" not in executed_operators(simulated, images[:2])
+    convs = [module for module in simulated.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert convs and all(conv.weight[0].unique().numel() <= 32 for conv in convs)
+    assert relative_error(simulated, float_model, images) < 0.5
+
+
+def test_quantization_aware_training_converts_to_int8(float_model):
+    train = synthetic_images(64, seed=2)
+
+    quantized = quantization_aware_training(
+        float_model, train, epochs=1, settings=TrainSettings(batch_size=32), seed=0
+    )
+
+    assert is_int8_model(quantized)
+    assert "quantized::conv2d_relu" in executed_operators(quantized, train.images[:2])
+    assert not is_int8_model(float_model)
