@@ -29,6 +29,8 @@ from pytest_energy.gate import RegressionGate
 from pytest_energy.gate import add_options as add_gate_options
 from pytest_energy.machine import machine_info
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
+from pytest_energy.report.outputs import ReportWriter
+from pytest_energy.report.outputs import add_options as add_report_options
 from pytest_energy.report.terminal import summary_table
 from pytest_energy.results import results_document, write_json_atomic
 from pytest_energy.session import EnergySession
@@ -144,6 +146,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("energy_rounds", "measured inference rounds per test", default="")
     parser.addini("energy_warmup", "warm-up calls before inference rounds", default="")
     parser.addini("energy_cpu_watts", "watts per hardware thread for cputime", default="")
+    add_report_options(group, parser)
     add_gate_options(group, parser)
 
 
@@ -206,6 +209,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         pin_worker_gpu(config)  # before any meter or test looks at CUDA_VISIBLE_DEVICES
         config.stash[SESSION_KEY] = _build_session(config)
+        report_writer = ReportWriter(config, config.stash[SESSION_KEY])
         config.stash[GATE_KEY] = RegressionGate.from_config(config, config.stash[SESSION_KEY])
         shared_meters_kept = check_shared_meters(config, config.stash[SESSION_KEY].meters)
     except (EnergyError, ValueError) as error:
@@ -216,6 +220,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         ResultCollector(config.stash[SESSION_KEY], config.stash[FAILED_KEY]), "energy-results"
     )
+    config.pluginmanager.register(report_writer, "energy-report")
     config.pluginmanager.register(config.stash[GATE_KEY], "energy-gate")
 
 

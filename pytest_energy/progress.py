@@ -78,7 +78,7 @@ def format_progress(
     elif joules:
         parts.append(", ".join(f"{format_energy(value)} so far ({name})" for name, value in joules))
     elif phase:
-        parts.append("joules when the phase ends (the meters cannot be read mid-window)")
+        parts.append("joules at phase end (meters not readable mid-window)")
     return " · ".join(parts)
 
 
@@ -162,10 +162,8 @@ def progress_line_for(config: Any) -> ProgressLine:
     stream = getattr(writer, "_file", None)
     if writer is None or stream is None:
         return DISABLED
-    try:
-        is_terminal = bool(stream.isatty())
-    except (AttributeError, ValueError):
-        is_terminal = False
+    # The reporter decided at start-up; during a test fd capture makes stream.isatty() False.
+    is_terminal = bool(getattr(reporter, "isatty", False))
     if not is_terminal or os.environ.get("TERM") == "dumb":
         return DISABLED
     capture = config.pluginmanager.get_plugin("capturemanager")

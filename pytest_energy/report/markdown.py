@@ -156,7 +156,7 @@ def headline(report: Report) -> str:
     """One line that agrees with the rows: counts per verdict, what was gated and how tightly."""
     counts = report.verdict_counts()
     total = sum(counts.values())
-    if report.comparison is None:
+    if not report.has_baseline:
         if total == 0:
             return "⚡ **no baseline**: no lifecycle result was measured"
         noun = "result" if total == 1 else "results"
@@ -219,8 +219,8 @@ def _listed(values: Sequence[str], limit: int = 3) -> str:
 
 
 def _baseline_text(report: Report) -> str:
-    if report.comparison is None:
-        return "none (every result is new)"
+    if not report.has_baseline:
+        return "none yet (every result is new; record one with `--energy-save`)"
     baseline = report.baseline
     parts = []
     if baseline.profiles:

@@ -189,6 +189,13 @@ class Report:
     baseline: BaselineInfo = field(default_factory=BaselineInfo)
 
     @property
+    def has_baseline(self) -> bool:
+        """Whether any result was compared with a baseline (not every one is ``new``)."""
+        if self.comparison is None:
+            return False
+        return bool(self.baseline.sources) or any(row.verdict != "new" for row in self.rows)
+
+    @property
     def main_rows(self) -> list[Row]:
         """Rows of the gating meters: what the headline counts and the tables lead with."""
         return [row for row in self.rows if row.gating]
@@ -437,11 +444,11 @@ def _baseline_documents(baseline: Any) -> list[Mapping[str, Any]]:
             documents.append(item)
         elif hasattr(item, "tests"):
             profile = getattr(item, "profile", None)
+            # No path: the comparison names the file as the user sees it (rootdir-relative).
             documents.append(
                 {
                     "tests": item.tests,
                     "profile": profile.to_dict() if hasattr(profile, "to_dict") else {},
-                    "path": str(getattr(item, "path", "")),
                 }
             )
     return documents

@@ -22,7 +22,7 @@ import pytest
 from pytest_energy.carbon import CarbonIntensity, resolve_intensity
 from pytest_energy.errors import EnergyError, ReportError
 from pytest_energy.machine import machine_info
-from pytest_energy.progress import progress_line_for
+from pytest_energy.progress import ProgressLine, progress_line_for
 from pytest_energy.report.model import REFERENCE_AUTO, Report, build_report, parse_reference
 from pytest_energy.results import results_document
 from pytest_energy.session import EnergySession
@@ -206,14 +206,17 @@ class ReportWriter:
         self.settings = settings_from_config(config)
         self.written: list[Path] = []
         self.problems: list[str] = []
-        self._line = progress_line_for(config) if energy_session.enabled else None
+        self._line: ProgressLine | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
         """Give the test's ``energy`` fixture the terminal's progress line."""
         fixture = getattr(item, "funcargs", {}).get("energy")
-        if self._line is not None and hasattr(fixture, "live"):
-            fixture.live.line = self._line
+        if not self.energy_session.enabled or not hasattr(fixture, "live"):
+            return
+        if self._line is None:  # the terminal reporter exists once configuration is done
+            self._line = progress_line_for(self.config)
+        fixture.live.line = self._line
 
     def _document(self) -> dict[str, Any]:
         document = results_document(
