@@ -17,8 +17,12 @@ layout is the results schema, shared with baseline files:
             "iec_joules_per_sample": float | None,        # median of the rounds
             "full_cycle": [{"usage", "joules", "greenness"}],
             "flops": {"train", "inference_per_sample"}, "bytes_moved": {...},   # counted only
+            "train_repeats": {"tec_joules": [per run of the body]},  # --energy-train-rounds N>1
         }},
     }
+
+With the regression gate on, the document also has ``profiles`` (meter → baseline profile,
+see ``profiles.py``) and ``comparison`` (``compare.ComparisonReport.to_dict()``).
 """
 
 from __future__ import annotations
@@ -244,6 +248,8 @@ def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, Any])
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the old file's mode, else 0644
+            os.fchmod(handle, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()

@@ -348,3 +348,11 @@ def test_concurrent_saves_into_one_directory_lose_nothing(tmp_path):
         assert worker.exitcode == 0
     tests = load_baseline(tmp_path / "counted.json", COUNTED).tests
     assert len(tests) == 20
+
+
+def test_saved_files_are_readable_like_any_committed_file(tmp_path):
+    path = save_baseline(tmp_path, COUNTED, {"t.py::test_a": entry()}).path
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o664)
+    save_baseline(tmp_path, COUNTED, {"t.py::test_a": entry(1.0)})
+    assert path.stat().st_mode & 0o777 == 0o664
