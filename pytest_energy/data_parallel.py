@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
 
@@ -38,6 +39,10 @@ class DataParallelTraining:
         labels: class index of each sample.
         steps: optimiser steps (each over one global batch).
         global_batch_size: samples per step over all ranks; a multiple of the world size.
+        nesterov, cosine_decay: Nesterov momentum; learning rate decayed to 0 by a cosine over
+            the steps (as CIFAR ResNet recipes do).
+        augment: ``augment(images, generator)`` applied to each rank's share (e.g. random crops
+            and flips); each rank draws from its own generator.
         device: ``cpu``, or ``cuda`` for GPU ``LOCAL_RANK`` (one GPU per rank).
     """
 
@@ -49,6 +54,9 @@ class DataParallelTraining:
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
+    cosine_decay: bool = False
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -83,8 +91,15 @@ class DataParallelTraining:
             lr=self.learning_rate,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
+        )
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.steps)
+            if self.cosine_decay
+            else None
         )
         generator = torch.Generator().manual_seed(self.seed)
+        augment_generator = torch.Generator().manual_seed(self.seed + 1 + rank)
         order = torch.randperm(len(self.labels), generator=generator)
         position = 0
         ddp_model.train()
@@ -93,11 +108,15 @@ class DataParallelTraining:
                 order, position = torch.randperm(len(self.labels), generator=generator), 0
             mine = order[position + rank * share : position + (rank + 1) * share]
             position += self.global_batch_size
-            images, labels = self.images[mine].to(device), self.labels[mine].to(device)
-            loss = F.cross_entropy(ddp_model(images), labels)
+            images, labels = self.images[mine], self.labels[mine]
+            if self.augment is not None:
+                images = self.augment(images, augment_generator)
+            loss = F.cross_entropy(ddp_model(images.to(device)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
         model.eval()
         if rank != 0:
             return None
