@@ -40,7 +40,7 @@ def command_report(args: argparse.Namespace) -> int:
     gate = [name.strip() for name in args.gate.split(",") if name.strip()] if args.gate else None
     report, _comparison = report_from_files(args.results, args.baseline, settings, gate)
     if settings.markdown is not None:
-        print(f"markdown report written to {write_markdown(report, settings.markdown)}")
+        print(f"markdown written to {write_markdown(report, settings.markdown)}", file=sys.stderr)
     elif args.plot is None or args.markdown == "-":
         sys.stdout.write(render_report(report))
     if settings.plot is not None:

@@ -245,7 +245,7 @@ def test_a_meter_that_does_not_gate_is_shown_folded_and_not_counted() -> None:
     current = many_tests(5)
     markdown = render_markdown(current)
     assert "**no baseline**: 5 new results" in markdown
-    assert "rows from meters that do not gate: cputime (estimated)" in markdown
+    assert "1 row from meters that do not gate: cputime (estimated)" in markdown
     assert "meter `cputime`: **estimated**" in markdown and "does not gate" in markdown
 
 

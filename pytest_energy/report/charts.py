@@ -23,7 +23,7 @@ from typing import Any
 
 from pytest_energy.errors import ReportError
 from pytest_energy.report.model import MeterLifecycle, Report, Row, build_report
-from pytest_energy.report.units import format_count, format_usage
+from pytest_energy.report.units import format_count, format_mui
 
 FORMATS = {".png": "png", ".svg": "svg"}
 PANEL_WIDTH_INCHES = 7.0
@@ -83,6 +83,13 @@ def _line_label(row: Row) -> str:
     return label
 
 
+def _same_line(first: Any, second: Any) -> bool:
+    """Two full-cycle lines that would print as one (TEC and IEC within 0.1 %)."""
+    return math.isclose(first.tec_joules, second.tec_joules, rel_tol=1e-3) and math.isclose(
+        first.iec_joules_per_sample, second.iec_joules_per_sample, rel_tol=1e-3
+    )
+
+
 def _draw_full_cycle(
     axes: Any,
     lifecycle: MeterLifecycle,
@@ -93,21 +100,28 @@ def _draw_full_cycle(
     crossings = [entry.usage for entry in lifecycle.break_evens if entry.usage is not None]
     low, high = _log_range([*report.usage, *crossings])
     points = [low * (high / low) ** (step / 199) for step in range(200)]
+    drawn: list[tuple[Any, str]] = []
     for row in rows:
         cost = row.cost
         if cost is None:
             continue
         values = [cost.full_cycle_joules(mui) for mui in points]
-        regressed = row.verdict == "regressed"
+        label = _line_label(row)
+        linestyle: Any = (
+            "--" if any(row is entry.reference for entry in lifecycle.break_evens) else "-"
+        )
+        twin = next((name for other, name in drawn if _same_line(cost, other)), None)
+        if twin is not None:  # would hide under a line already drawn: dotted on top, and said so
+            linestyle = (0, (1, 2))
+            label += f" (same line as {twin})"
+        drawn.append((cost, row.label))
         axes.plot(
             points,
             values,
             color=colours[id(row)],
-            linewidth=3.0 if regressed else 1.8,
-            linestyle="--"
-            if any(row is entry.reference for entry in lifecycle.break_evens)
-            else "-",
-            label=_line_label(row),
+            linewidth=3.0 if row.verdict == "regressed" else 1.8,
+            linestyle=linestyle,
+            label=label,
         )
     for mui in report.usage:
         if mui > 0:
@@ -189,16 +203,16 @@ def _draw_pareto(
             ys = [accuracy for _, accuracy in front]
             axes.step(xs, ys, where="post", color="0.4", linewidth=1.0, linestyle=":")
         axes.plot(
-            [], [], marker=marker, color="0.3", linestyle="none", label=f"MUI = {format_usage(mui)}"
+            [], [], marker=marker, color="0.3", linestyle="none", label=f"MUI = {format_mui(mui)}"
         )
     if drawn:
         axes.set_xscale("log")
     axes.plot([], [], color="0.4", linestyle=":", label="Pareto front per usage")
     axes.set_xlabel(f"E(MUI)  [J, {lifecycle.kind}]")
     axes.set_ylabel("accuracy  [%]")
-    axes.set_title("Accuracy against full-cycle energy")
+    axes.set_title("Accuracy against full-cycle energy (colours as on the left)")
     axes.grid(True, which="major", linewidth=0.5, alpha=0.5)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
 
 
 def draw_report(report: Report) -> Any:

@@ -35,7 +35,7 @@ from pytest_energy.report.units import (
     format_fraction,
     format_grams,
     format_joules,
-    format_usage,
+    format_mui,
 )
 
 MARKER = "<!-- pytest-energy -->"
@@ -277,7 +277,7 @@ def _row_headers(report: Report) -> list[str]:
         "meter (kind)",
         f"TEC{change}",
         f"IEC / sample{change}",
-        *(f"E(MUI={mui_label(mui)}){change}" for mui in report.usage),
+        *(f"E(MUI={format_mui(mui)}){change}" for mui in report.usage),
         "verdict",
     ]
 
@@ -316,7 +316,8 @@ def _family_section(
     if others and detail.other_meters:
         meters = ", ".join(sorted({f"{row.meter} ({row.kind})" for row in others}))
         lines += [
-            f"<details><summary>{len(others)} rows from meters that do not gate: {meters}"
+            f"<details><summary>{len(others)} {'row' if len(others) == 1 else 'rows'} from "
+            f"meters that do not gate: {meters}"
             "</summary>",
             "",
             *_rows_table(others, report, detail.rows_per_table, "rows"),
@@ -367,7 +368,7 @@ def _lifecycle_section(lifecycle: MeterLifecycle, report: Report, detail: Detail
         front = lifecycle.pareto.get(leaders.usage, [])
         leader_rows.append(
             [
-                mui_label(leaders.usage),
+                format_mui(leaders.usage),
                 lowest.label if lowest else "—",
                 format_energy(joules),
                 format_grams(report.carbon.grams_co2e(joules)) if joules is not None else "—",
@@ -442,16 +443,6 @@ def _decades(usage: Sequence[float]) -> list[float]:
     return [10.0**exponent for exponent in range(low, high + 1)]
 
 
-def mui_label(usage: float) -> str:
-    """A usage as MUI scenarios are written: ``1e3``, ``1e6``, ``2e5``, ``500``."""
-    if usage >= 1000:
-        mantissa, exponent = f"{usage:.6e}".split("e")
-        mantissa = mantissa.rstrip("0").rstrip(".")
-        if len(mantissa.replace(".", "")) <= 2 and float(f"{mantissa}e{exponent}") == usage:
-            return f"{mantissa}e{int(exponent)}"
-    return format_usage(usage)
-
-
 def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8) -> list[str]:
     """A Mermaid ``xychart-beta`` of log10 E(MUI) against MUI, one line per method.
 
@@ -476,7 +467,7 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
     highest = math.ceil(max(max(values) for _, values in series))
     if highest == lowest:
         highest += 1
-    labels = ", ".join(f'"{mui_label(mui)}"' for mui in points)
+    labels = ", ".join(f'"{format_mui(mui)}"' for mui in points)
     lines = [
         "```mermaid",
         '%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "' + palette + '"}}}}%%',
@@ -513,11 +504,14 @@ def _carbon_section(report: Report, detail: Detail) -> list[str]:
     ]
     if not detail.carbon_table or not report.rows:
         return lines
-    measured = [row for row in report.rows if row.cost is not None]
+    measured = sorted(
+        (row for row in report.rows if row.cost is not None),
+        key=lambda row: (not row.gating, row.meter, row.label),
+    )
     rows, hidden = _limited(measured, detail.rows_per_table)
     lines += ["<details><summary>CO2e of every method at each usage</summary>", ""]
     lines += _table(
-        ["method", "meter (kind)", *(f"CO2e(MUI={mui_label(mui)})" for mui in report.usage)],
+        ["method", "meter (kind)", *(f"CO2e(MUI={format_mui(mui)})" for mui in report.usage)],
         (
             [
                 row.label,

@@ -98,3 +98,13 @@ def format_count(count: float | None, digits: int = 2) -> str:
     if "." in mantissa:
         mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
+
+
+def format_mui(usage: float) -> str:
+    """A usage as MUI scenarios are written: ``1e3``, ``1e6``, ``2e5``, ``1.5e7``; else as is."""
+    if usage >= 1000:
+        mantissa, exponent = f"{usage:.6e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        if len(mantissa.replace(".", "")) <= 2 and float(f"{mantissa}e{exponent}") == usage:
+            return f"{mantissa}e{int(exponent)}"
+    return format_usage(usage)
