@@ -19,12 +19,16 @@ Only rank 0 writes results, baselines and reports (``reports_here()``); other ra
 
 Two ways in::
 
-    # 1. A lifecycle test launches its ranks itself (torch.multiprocessing spawn, one machine):
+    # 1. A lifecycle test starts its ranks itself (new processes on this machine):
     def test_ddp(energy):
         run = energy.train_distributed("train", DataParallelTraining(...), world_size=2)
+        model.load_state_dict(run.results[0])       # what rank 0's fn returned
 
-    # 2. The whole pytest runs on every rank; a session fixture calls init_process_group():
+    # 2. The whole pytest runs on every rank (any number of machines), each test trains with
+    #    DDP inside `with energy.train(...)`, and a session fixture in conftest.py calls
+    #    torch.distributed.init_process_group():
     #    torchrun --standalone --nproc-per-node 2 -m pytest benchmarks --energy
+    #    (add --local-ranks-filter 0 to see rank 0's terminal only)
 
 This module imports torch only when a run is launched, so the plugin stays light without it.
 """
@@ -400,8 +404,8 @@ class DistributedRun:
         world_size: number of ranks.
         backend: torch.distributed backend (``gloo``, ``nccl``).
         results: ``fn``'s return value on each rank, by rank.
-        readings: meter name → reading summed over ranks (``CombinedReading``, or a plain
-            reading for one rank); empty when nothing was measured.
+        readings: meter name → reading summed over ranks (a ``CombinedReading``, one rank
+            included); empty when nothing was measured.
         seconds: wall-clock seconds from launch to the last rank's exit, start-up included.
     """
 

@@ -1,8 +1,8 @@
 """Data-parallel training on 2 CPU processes (gloo) under the energy fixture.
 
-Each test here starts torch processes (a few seconds each), so there are few of them: one run
-with a stand-in for a machine-wide meter, and one pytest run of a lifecycle test that trains a
-tiny model with DDP on 2 ranks and on 1 rank, for the same global batch.
+Ranks fork from a server process that imports torch once (the first run takes seconds, later
+ones a fraction of a second), and one pytest run holds the lifecycle test that trains a tiny
+model with DDP on 2 ranks and on 1 rank, for the same global batch.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ import sys
 from typing import Any, ClassVar
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from pytest_energy.data_parallel import DataParallelTraining  # noqa: E402
-from pytest_energy.distributed import DistributedRunError, run_distributed  # noqa: E402
-from pytest_energy.meters.base import Meter, Reading  # noqa: E402
-from pytest_energy.meters.cputime import CpuTimeMeter  # noqa: E402
+from pytest_energy.config import LifecycleSettings
+from pytest_energy.data_parallel import DataParallelTraining
+from pytest_energy.distributed import DistributedRunError, run_distributed
+from pytest_energy.errors import MeasurementError
+from pytest_energy.fixture import EnergyFixture
+from pytest_energy.meters import MeterSelection
+from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.cputime import CpuTimeMeter
+from pytest_energy.session import EnergySession
 
 WINDOW_LOG = "PYTEST_ENERGY_TEST_WINDOW_LOG"
 
@@ -87,6 +91,36 @@ def test_a_machine_wide_meter_is_read_by_one_rank_per_host(tmp_path, monkeypatch
     per_rank = [entry["joules"] for entry in cpu.ranks]
     assert len(per_rank) == 2 and all(joules > 0 for joules in per_rank)
     assert cpu.joules == pytest.approx(sum(per_rank))
+
+
+def test_without_meters_the_ranks_still_run_and_nothing_is_measured():
+    run = run_distributed(busy_rank, world_size=2)
+
+    assert run.results == (0, 1)
+    assert run.readings == {}
+
+
+def test_distributed_training_inside_a_measured_window_is_refused():
+    session = EnergySession(
+        enabled=True,
+        selection=MeterSelection([CpuTimeMeter(watts_per_thread=1.0)]),
+        defaults=LifecycleSettings(),
+        rounds=1,
+        warmup_calls=1,
+    )
+    energy = EnergyFixture(session, LifecycleSettings(), "test_nested")
+
+    with energy.train("outer"), pytest.raises(MeasurementError, match="cannot nest"):
+        energy.train_distributed("inner", busy_rank)
+
+
+def test_two_ranks_train_the_model_one_rank_trains_on_the_same_global_batch():
+    one_rank = run_distributed(tiny_training(), world_size=1).results[0]
+    two_ranks = run_distributed(tiny_training(), world_size=2).results
+
+    assert two_ranks[1] is None  # only rank 0 sends the weights back
+    for name, weights in one_rank.items():
+        torch.testing.assert_close(two_ranks[0][name], weights, rtol=1e-5, atol=1e-6)
 
 
 def test_a_failing_rank_is_named_with_its_error():
