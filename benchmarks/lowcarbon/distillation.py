@@ -1,0 +1,302 @@
+"""Knowledge distillation of a smaller student from the trained base model as teacher.
+
+Each method is one loss on the teacher's and the student's features (CIFAR ResNets expose stage
+maps, pooled embedding and logits, see `FeatureOutputs`), added to the student's cross-entropy
+with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all seven methods:
+
+- `kd`      Hinton et al. 2015, "Distilling the Knowledge in a Neural Network".
+- `fitnets` Romero et al. 2015, "FitNets: Hints for Thin Deep Nets".
+- `at`      Zagoruyko & Komodakis 2017, "Paying More Attention to Attention".
+- `sp`      Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation".
+- `rkd`     Park et al. 2019, "Relational Knowledge Distillation".
+- `pkt`     Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge
+            Transfer".
+- `crd`     Tian et al. 2020, "Contrastive Representation Distillation".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import Split
+from .models import CifarResNet, FeatureOutputs
+from .training import TrainingLog, TrainSettings, fit
+
+DISTILLATION_METHODS = ("kd", "fitnets", "at", "sp", "rkd", "pkt", "crd")
+DISTILLATION_PAPERS = {
+    "kd": "Hinton et al. 2015, Distilling the Knowledge in a Neural Network",
+    "fitnets": "Romero et al. 2015, FitNets: Hints for Thin Deep Nets",
+    "at": "Zagoruyko & Komodakis 2017, Paying More Attention to Attention",
+    "sp": "Tung & Mori 2019, Similarity-Preserving Knowledge Distillation",
+    "rkd": "Park et al. 2019, Relational Knowledge Distillation",
+    "pkt": "Passalis & Tefas 2018, Probabilistic Knowledge Transfer",
+    "crd": "Tian et al. 2020, Contrastive Representation Distillation",
+}
+
+
+class KnowledgeDistillationLoss(nn.Module):
+    """KL divergence between temperature-softened class distributions, scaled by T²."""
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        soft_student = F.log_softmax(student.logits / self.temperature, dim=1)
+        soft_teacher = F.softmax(teacher.logits / self.temperature, dim=1)
+        divergence = F.kl_div(soft_student, soft_teacher, reduction="batchmean")
+        return divergence * self.temperature**2
+
+
+class HintLoss(nn.Module):
+    """FitNets: a 1×1 conv regressor maps the student's middle stage onto the teacher's (the
+    hint); the loss is their mean squared difference."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, stage: int = 1) -> None:
+        super().__init__()
+        self.stage = stage
+        self.regressor = nn.Sequential(
+            nn.Conv2d(student_channels, teacher_channels, 1, bias=False),
+            nn.BatchNorm2d(teacher_channels),
+        )
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        guided = self.regressor(student.stages[self.stage])
+        return F.mse_loss(guided, teacher.stages[self.stage])
+
+
+def _attention_map(features: Tensor) -> Tensor:
+    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+class AttentionTransferLoss(nn.Module):
+    """Matches the normalised spatial attention maps (channel mean of squared activations) at
+    the output of every stage."""
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        return sum(
+            (_attention_map(s) - _attention_map(t)).pow(2).mean()
+            for s, t in zip(student.stages, teacher.stages, strict=True)
+        )
+
+
+class SimilarityPreservingLoss(nn.Module):
+    """Matches the batch's row-normalised Gram matrices of last-stage activations: inputs that
+    look alike to the teacher should look alike to the student."""
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        def similarity(features: Tensor) -> Tensor:
+            flat = features.flatten(1)
+            return F.normalize(flat @ flat.T, dim=1)
+
+        batch = student.logits.shape[0]
+        difference = similarity(student.stages[-1]) - similarity(teacher.stages[-1])
+        return difference.pow(2).sum() / batch**2
+
+
+class RelationalLoss(nn.Module):
+    """RKD: distance-wise (pairwise distances over their mean) and angle-wise (cosines of
+    triplet angles) relations of the embeddings, Huber-matched, weighted 25 and 50 as in the
+    paper."""
+
+    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
+        super().__init__()
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
+
+    @staticmethod
+    def _distances(embedding: Tensor) -> Tensor:
+        distances = torch.cdist(embedding, embedding)
+        return distances / distances[distances > 0].mean().clamp_min(1e-12)
+
+    @staticmethod
+    def _angles(embedding: Tensor) -> Tensor:
+        directions = F.normalize(embedding[None] - embedding[:, None], dim=2)
+        return torch.bmm(directions, directions.transpose(1, 2)).flatten()
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_distances = self._distances(teacher.embedding)
+            teacher_angles = self._angles(teacher.embedding)
+        distance_loss = F.smooth_l1_loss(self._distances(student.embedding), teacher_distances)
+        angle_loss = F.smooth_l1_loss(self._angles(student.embedding), teacher_angles)
+        return self.distance_weight * distance_loss + self.angle_weight * angle_loss
+
+
+class ProbabilisticTransferLoss(nn.Module):
+    """PKT: KL divergence between the teacher's and the student's conditional probability
+    distributions over the batch, built from cosine-similarity kernels of the embeddings."""
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        def conditional_probabilities(embedding: Tensor) -> Tensor:
+            unit = F.normalize(embedding, dim=1)
+            kernel = (unit @ unit.T + 1) / 2
+            return kernel / kernel.sum(dim=1, keepdim=True)
+
+        student_probabilities = conditional_probabilities(student.embedding)
+        teacher_probabilities = conditional_probabilities(teacher.embedding)
+        log_ratio = torch.log((teacher_probabilities + 1e-7) / (student_probabilities + 1e-7))
+        return (teacher_probabilities * log_ratio).mean()
+
+
+class ContrastiveRepresentationLoss(nn.Module):
+    """CRD: student and teacher embeddings projected to a shared unit sphere; each sample's
+    student embedding must pick its own teacher embedding against `negatives` teacher embeddings
+    of other samples held in a memory bank (and vice versa), scored by NCE with the paper's
+    temperature 0.07 and memory momentum 0.5. Two shortcuts: the positive is the current, frozen
+    teacher's embedding rather than its memory entry, so short schedules get a clean signal from
+    step one, and a batch shares one draw of negatives (one matrix product, not a gather per
+    sample)."""
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        dataset_size: int,
+        negatives: int,
+        embedding_dim: int = 128,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.student_head = nn.Linear(student_dim, embedding_dim)
+        self.teacher_head = nn.Linear(teacher_dim, embedding_dim)
+        self.negatives = min(negatives, dataset_size - 1)
+        self.temperature = temperature
+        self.momentum = momentum
+        self.dataset_size = dataset_size
+        generator = torch.Generator().manual_seed(seed)
+        self._generator = generator
+        for name in ("student_memory", "teacher_memory"):
+            memory = torch.randn(dataset_size, embedding_dim, generator=generator)
+            self.register_buffer(name, F.normalize(memory, dim=1))
+        self._normalisers: list[float | None] = [None, None]
+
+    def _nce(self, anchor: Tensor, positive: Tensor, memory: Tensor, slot: int) -> Tensor:
+        negative_indices = torch.randint(
+            0, self.dataset_size, (self.negatives,), generator=self._generator
+        ).to(anchor.device)
+        positive_scores = (anchor * positive).sum(dim=1, keepdim=True)
+        negative_scores = anchor @ memory[negative_indices].T
+        scores = torch.exp(torch.cat([positive_scores, negative_scores], dim=1) / self.temperature)
+        if self._normalisers[slot] is None:
+            self._normalisers[slot] = scores.mean().item() * self.dataset_size
+        probabilities = scores / self._normalisers[slot]
+        noise = self.negatives / self.dataset_size
+        positive_term = torch.log(probabilities[:, 0] / (probabilities[:, 0] + noise + 1e-7))
+        negative_term = torch.log(noise / (probabilities[:, 1:] + noise + 1e-7)).sum(dim=1)
+        return -(positive_term + negative_term).mean()
+
+    @torch.no_grad()
+    def _remember(self, memory: Tensor, indices: Tensor, embedding: Tensor) -> None:
+        blended = self.momentum * memory[indices] + (1 - self.momentum) * embedding.detach()
+        memory[indices] = F.normalize(blended, dim=1)
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, indices: Tensor) -> Tensor:
+        student_embedding = F.normalize(self.student_head(student.embedding), dim=1)
+        teacher_embedding = F.normalize(self.teacher_head(teacher.embedding), dim=1)
+        student_anchor = self._nce(
+            student_embedding, teacher_embedding.detach(), self.teacher_memory, 0
+        )
+        teacher_anchor = self._nce(
+            teacher_embedding, student_embedding.detach(), self.student_memory, 1
+        )
+        self._remember(self.student_memory, indices, student_embedding)
+        self._remember(self.teacher_memory, indices, teacher_embedding)
+        return student_anchor + teacher_anchor
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Total loss = cross_entropy × CE + distillation × method loss (RepDistiller's γ, α/β)."""
+
+    cross_entropy: float
+    distillation: float
+
+
+LOSS_WEIGHTS = {
+    "kd": LossWeights(cross_entropy=0.1, distillation=0.9),
+    "fitnets": LossWeights(cross_entropy=1.0, distillation=100.0),
+    "at": LossWeights(cross_entropy=1.0, distillation=1000.0),
+    "sp": LossWeights(cross_entropy=1.0, distillation=3000.0),
+    "rkd": LossWeights(cross_entropy=1.0, distillation=1.0),
+    "pkt": LossWeights(cross_entropy=1.0, distillation=30000.0),
+    "crd": LossWeights(cross_entropy=1.0, distillation=0.8),
+}
+
+
+def _stage_channels(model: CifarResNet) -> list[int]:
+    return [stage[-1].conv2.out_channels for stage in model.stages]
+
+
+def distillation_loss(
+    method: str,
+    student: CifarResNet,
+    teacher: CifarResNet,
+    dataset_size: int,
+    crd_negatives: int = 4096,
+    seed: int = 0,
+) -> nn.Module:
+    """The loss module of `method` (one of DISTILLATION_METHODS) for this student/teacher pair."""
+    if method == "kd":
+        return KnowledgeDistillationLoss()
+    if method == "fitnets":
+        return HintLoss(_stage_channels(student)[1], _stage_channels(teacher)[1])
+    if method == "at":
+        return AttentionTransferLoss()
+    if method == "sp":
+        return SimilarityPreservingLoss()
+    if method == "rkd":
+        return RelationalLoss()
+    if method == "pkt":
+        return ProbabilisticTransferLoss()
+    if method == "crd":
+        return ContrastiveRepresentationLoss(
+            student.fc.in_features, teacher.fc.in_features, dataset_size, crd_negatives, seed=seed
+        )
+    raise ValueError(f"unknown distillation method {method!r}; known: {DISTILLATION_METHODS}")
+
+
+@dataclass
+class DistillationLog(TrainingLog):
+    """Per step: the total loss (in `step_losses`) and the method's own distillation term."""
+
+    distillation_losses: list[float] = field(default_factory=list)
+
+
+def distill(
+    student: CifarResNet,
+    teacher: CifarResNet,
+    method: str,
+    train: Split,
+    epochs: float,
+    settings: TrainSettings,
+    seed: int,
+    augment: bool = False,
+    crd_negatives: int = 4096,
+) -> DistillationLog:
+    """Train `student` (in place) on `train` with cross-entropy plus `method`'s distillation
+    loss against the frozen `teacher`; leaves the student in eval mode."""
+    device = train.images.device
+    criterion = distillation_loss(method, student, teacher, len(train), crd_negatives, seed)
+    criterion.to(device)
+    weights = LOSS_WEIGHTS[method]
+    teacher.eval()
+    distillation_terms: list[float] = []
+
+    def batch_loss(images: Tensor, labels: Tensor, indices: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_features = teacher.forward_features(images)
+        student_features = student.forward_features(images)
+        term = criterion(student_features, teacher_features, indices)
+        distillation_terms.append(term.item())
+        classification = F.cross_entropy(student_features.logits, labels)
+        return weights.cross_entropy * classification + weights.distillation * term
+
+    log = fit([student, criterion], train, epochs, batch_loss, settings, seed, augment)
+    return DistillationLog(step_losses=log.step_losses, distillation_losses=distillation_terms)
