@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from report_data import paper_results, results_document
+from report_data import comparison_of, paper_results, results_document
 
 from pytest_energy.errors import ReportError
 from pytest_energy.report.charts import (
@@ -80,3 +81,14 @@ def test_without_matplotlib_the_error_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ReportError, match=r"pytest-energy\[plot\]"):
         draw_report(build_report(paper_results()))
+
+
+def test_a_changed_line_is_labelled_with_its_largest_change_in_that_direction() -> None:
+    current = paper_results()
+    baseline = copy.deepcopy(current)
+    fpgm = baseline["tests"]["benchmarks/test_pruning.py::test_fpgm"]["meters"]["counted"]
+    fpgm["tec_joules"] = 1200.0  # 1200 J → 1500 J now: TEC +25 %, E(1e3) +25.0 %
+    fpgm["iec_joules_per_sample"] = 6e-4  # 0.6 mJ → 0.5 mJ now: IEC −16.7 %, not a regression
+    figure = draw_report(build_report(current, comparison_of(current, baseline)))
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "fpgm (resnet20) [pruning] — regressed: TEC +25.0 %" in labels

@@ -74,13 +74,28 @@ def _log_range(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _line_label(row: Row) -> str:
+    """Method [family], and for a changed row its largest change of that verdict's direction."""
     label = f"{row.label} [{row.family}]" if row.family != "—" else row.label
-    if row.verdict in ("regressed", "improved"):
-        changes = [change.change_percent for change in row.comparison.changes.values()]
-        changes = [change for change in changes if change is not None]
-        worst = max(changes, key=abs) if changes else None
-        label += f" — {row.verdict}" + (f" {worst:+.1f} %" if worst is not None else "")
-    return label
+    if row.verdict not in ("regressed", "improved"):
+        return label
+    compared = row.comparison
+    candidates = [
+        (f"E({format_mui(usage)})", change) for usage, change in sorted(compared.changes.items())
+    ]
+    candidates += [
+        (name, change) for name, change in (("TEC", compared.tec), ("IEC", compared.iec))
+    ]
+    judged = [
+        (name, change.change_percent)
+        for name, change in candidates
+        if change is not None
+        and change.verdict == row.verdict
+        and change.change_percent is not None
+    ]
+    if not judged:
+        return f"{label} — {row.verdict}"
+    name, percent = (max if row.verdict == "regressed" else min)(judged, key=lambda item: item[1])
+    return f"{label} — {row.verdict}: {name} {percent:+.1f} %"
 
 
 def _same_line(first: Any, second: Any) -> bool:
