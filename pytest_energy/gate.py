@@ -53,7 +53,7 @@ from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import Meter
 from pytest_energy.profiles import Profile, cpu_fingerprint, make_profile, profile_for
 from pytest_energy.session import EnergySession
-from pytest_energy.stats import DEFAULT_ALPHA
+from pytest_energy.stats import DEFAULT_ALPHA, smallest_p_value
 
 
 def add_options(group: Any, parser: pytest.Parser) -> None:
@@ -272,7 +272,25 @@ class RegressionGate:
             f"energy: gate {', '.join(self.gate) or '(none)'}; baselines in "
             f"{self._shown(self.settings.directory)}/: {', '.join(files)}"
         ]
-        return lines
+        return lines + [f"energy: warning: {warning}" for warning in self.warnings()]
+
+    def warnings(self) -> list[str]:
+        """Settings under which the gate cannot do its job, said before the tests run."""
+        noisy = [
+            meter.name
+            for meter in self.energy_session.meters
+            if meter.name in self.gate and meter.kind != "counted"
+        ]
+        rounds = self.energy_session.rounds
+        floor = smallest_p_value(rounds, rounds)
+        if noisy and floor > self.settings.alpha:
+            needed = next(n for n in range(1, 100) if smallest_p_value(n, n) <= self.settings.alpha)
+            return [
+                f"{', '.join(noisy)} gates, but with {rounds} inference rounds a side no rise "
+                f"can be significant at α = {self.settings.alpha:g} (smallest p {floor:.3g}): "
+                f"use --energy-rounds {needed} or more"
+            ]
+        return []
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         self.collected.add(item.nodeid)
@@ -410,6 +428,8 @@ class RegressionGate:
         for saved in self.saved:
             pruned = f", {len(saved.pruned)} pruned" if saved.pruned else ""
             write(f"baseline saved: {self._shown(saved.path)} ({len(saved.written)} tests{pruned})")
+        for warning in self.warnings():
+            write(f"warning: {warning}", yellow=True)
         for problem in self.problems:
             write(problem, red=True)
         if self.settings.save and self.report.regressed:

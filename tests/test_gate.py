@@ -380,3 +380,15 @@ def test_xdist_workers_produce_the_baseline_a_serial_run_does(pytester):
     assert set(parallel_cputime) == set(serial_cputime)
     for nodeid, entry in serial_cputime.items():
         assert set(parallel_cputime[nodeid]["meters"]["cputime"]) == set(entry["meters"]["cputime"])
+
+
+def test_too_few_rounds_for_a_noisy_gate_are_flagged_before_the_tests_run(workload):
+    result = workload("cputime").runpytest(
+        "--energy", "--energy-meter", "cputime", "--energy-rounds", "3"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "energy: warning: cputime gates, but with 3 inference rounds a side no rise can be "
+            "significant at α = 0.01 (smallest p 0.05): use --energy-rounds 5 or more"
+        ]
+    )
