@@ -200,15 +200,17 @@ def shared_meter_message(
     if allowed:
         return f"{what} (kept because of {ALLOW_SHARED_OPTION})"
     if gpu_per_worker:
-        gpus = f"{GPU_PER_WORKER_OPTION} splits the GPUs between workers, not the machine"
-        per_worker = "nvml, cputime or counted"
+        ways = (
+            f"{GPU_PER_WORKER_OPTION} splits the GPUs between workers, not the machine: keep to "
+            f"per-worker meters (--energy-meter nvml,counted)"
+        )
     else:
-        gpus = f"give each worker its own GPU with {GPU_PER_WORKER_OPTION} (nvml)"
-        per_worker = "cputime or counted"
-    return (
-        f"{what}. Either {gpus}; measure with per-worker meters (--energy-meter {per_worker}); "
-        f"accept the overlap with {ALLOW_SHARED_OPTION}; or run without -n."
-    )
+        ways = (
+            f"Either give each worker its own GPU with {GPU_PER_WORKER_OPTION} and keep to "
+            f"per-worker meters (--energy-meter nvml,counted); measure per process only "
+            f"(--energy-meter cputime,counted)"
+        )
+    return f"{what}. {ways}; accept the overlap with {ALLOW_SHARED_OPTION}; or run without -n."
 
 
 def check_shared_meters(config: Any, meters: Sequence[Meter]) -> str | None:
