@@ -490,7 +490,15 @@ def run_distributed(
     _check_picklable(fn, args)
     recipes = meter_recipes(meters, meter_options)
 
+    import torch
     import torch.multiprocessing as torch_mp
+
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise DistributedRunError(
+            f"run_distributed: nccl needs a GPU per rank; {world_size} ranks but "
+            f"{torch.cuda.device_count()} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use fewer ranks or backend='gloo'"
+        )
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pytest-energy-ranks-") as folder:

@@ -128,6 +128,13 @@ def test_a_failing_rank_is_named_with_its_error():
         run_distributed(failing_rank, world_size=2)
 
 
+def test_nccl_without_a_gpu_per_rank_is_refused_before_starting():
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a GPU per rank")
+    with pytest.raises(DistributedRunError, match="nccl needs a GPU per rank; 2 ranks but"):
+        run_distributed(busy_rank, world_size=2, backend="nccl")
+
+
 def test_a_function_the_ranks_cannot_import_is_refused_before_starting():
     with pytest.raises(DistributedRunError, match="module-level function"):
         run_distributed(lambda rank, world_size: None, world_size=2)
