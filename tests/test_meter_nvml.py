@@ -270,8 +270,15 @@ def test_a_missing_nvml_library_is_a_plain_reason():
     )
 
 
-def _fake_torch(initialised: bool, on_synchronize) -> SimpleNamespace:
-    cuda = SimpleNamespace(is_initialized=lambda: initialised, synchronize=on_synchronize)
+def _fake_torch(
+    initialised: bool, on_synchronize, current_device: int = 0, devices_with_memory=(0, 1)
+) -> SimpleNamespace:
+    cuda = SimpleNamespace(
+        is_initialized=lambda: initialised,
+        synchronize=on_synchronize,
+        current_device=lambda: current_device,
+        memory_reserved=lambda device: 1 << 20 if device in devices_with_memory else 0,
+    )
     return SimpleNamespace(cuda=cuda)
 
 
@@ -301,6 +308,21 @@ def test_cuda_is_not_synchronised_before_torch_initialises_it(two_gpus, monkeypa
     meter.close()
 
     assert synchronised == []
+
+
+def test_cuda_is_synchronised_only_on_devices_this_process_uses(two_gpus, monkeypatch):
+    synchronised: list[int] = []
+    monkeypatch.setitem(
+        sys.modules,
+        "torch",
+        _fake_torch(True, synchronised.append, current_device=1, devices_with_memory=()),
+    )
+    meter = NvmlMeter(nvml=two_gpus)
+    meter.start()
+    meter.stop()
+    meter.close()
+
+    assert synchronised == [1, 1]
 
 
 def test_the_meter_never_imports_torch_itself(two_gpus, monkeypatch):

@@ -160,12 +160,19 @@ class _PowerPoller:
 
 
 def _synchronize_cuda(devices: list[int]) -> None:
-    """Wait for queued CUDA work, only if this process already uses CUDA through torch."""
+    """Wait for work this process queued on CUDA devices, without touching any other device.
+
+    Only devices where this process holds memory (or its current device) are synchronised:
+    ``torch.cuda.synchronize(i)`` on any other GPU would create a CUDA context there, and under
+    torchrun every rank would then take memory on every GPU.
+    """
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return
+    current = torch.cuda.current_device()
     for device in devices:
-        torch.cuda.synchronize(device)
+        if device == current or torch.cuda.memory_reserved(device) > 0:
+            torch.cuda.synchronize(device)
 
 
 class NvmlMeter(Meter):
