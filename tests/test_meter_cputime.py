@@ -76,3 +76,13 @@ def test_tdp_is_shared_among_the_hardware_threads(monkeypatch):
 def test_non_positive_watts_are_refused_naming_the_flag(bad):
     with pytest.raises(ConfigError, match="--energy-cpu-watts"):
         CpuTimeMeter(watts_per_thread=bad)
+
+
+def test_an_open_window_can_be_peeked_at_without_closing_it():
+    meter = CpuTimeMeter(watts_per_thread=10.0)
+    meter.start()
+    busy_work(100_000)
+    so_far = meter.peek()
+    busy_work(100_000)
+    final = meter.stop()
+    assert 0 < so_far.joules < final.joules

@@ -154,6 +154,10 @@ class CpuTimeMeter(Meter):
         self._start_cpu_seconds = time.process_time()
 
     def stop(self) -> Reading:
+        return self.peek()
+
+    def peek(self) -> Reading:
+        """The open window so far, leaving it open (for progress lines during training)."""
         cpu_seconds = time.process_time() - self._start_cpu_seconds
         wall_seconds = time.perf_counter() - self._start_wall_seconds
         return Reading(
