@@ -14,11 +14,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_energy.config import parse_number
 from pytest_energy.errors import ConfigError
 
 JOULES_PER_KWH = 3.6e6
@@ -105,18 +105,6 @@ def country_intensity(iso3: str, pue: float = 1.0) -> CarbonIntensity:
     return CarbonIntensity(float(entry["carbon_intensity"]), source, pue)
 
 
-def _positive_number(value: Any, flag: str, minimum: float, what: str) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected {what}, got {value!r}") from None
-    if not math.isfinite(number) or number < minimum:
-        raise ConfigError(f"{flag}: expected {what}, got {value!r}")
-    return number
-
-
 def resolve_intensity(
     country: str | None = None,
     grams_per_kwh: Any = None,
@@ -126,15 +114,15 @@ def resolve_intensity(
     pue_factor = (
         1.0
         if pue is None
-        else _positive_number(pue, "--energy-pue", 1.0, "a power usage effectiveness ≥ 1, e.g. 1.2")
+        else parse_number(pue, "--energy-pue", "a power usage effectiveness ≥ 1, e.g. 1.2", 1.0)
     )
     if grams_per_kwh is not None:
         if country:
             raise ConfigError(
                 "--energy-carbon-intensity and --energy-country both given: use one of them"
             )
-        value = _positive_number(
-            grams_per_kwh, "--energy-carbon-intensity", 0.0, "gCO2e per kWh ≥ 0, e.g. 475"
+        value = parse_number(
+            grams_per_kwh, "--energy-carbon-intensity", "gCO2e per kWh ≥ 0, e.g. 475", 0.0
         )
         return CarbonIntensity(value, "given with --energy-carbon-intensity", pue_factor)
     if country:

@@ -118,17 +118,30 @@ def parse_usage(value: Any, where: str = "usage") -> tuple[float, ...]:
     return tuple(sorted(set(usage)))
 
 
-def parse_tau(value: Any, where: str = "tau") -> float:
-    """τ ≥ 0, the weight of accuracy in greenness Acc^τ / E(MUI)."""
+def parse_number(
+    value: Any,
+    where: str,
+    expected: str,
+    minimum: float = -math.inf,
+    maximum: float = math.inf,
+    inclusive: bool = True,
+) -> float:
+    """A finite real number within bounds; the error names ``where`` and what was ``expected``."""
     try:
         if isinstance(value, bool):
             raise ValueError
-        tau = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a number ≥ 0 such as 1, got {value!r}") from None
-    if not math.isfinite(tau) or tau < 0:
-        raise ConfigError(f"{where}: τ must be a finite number ≥ 0, got {value!r}")
-    return tau
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
+    within = minimum <= number <= maximum if inclusive else minimum < number < maximum
+    if not math.isfinite(number) or not within:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return number
+
+
+def parse_tau(value: Any, where: str = "tau") -> float:
+    """τ ≥ 0, the weight of accuracy in greenness Acc^τ / E(MUI)."""
+    return parse_number(value, where, "τ, a finite number ≥ 0 such as 1", minimum=0.0)
 
 
 def parse_positive_int(value: Any, where: str) -> int:

@@ -46,7 +46,7 @@ from pytest_energy.compare import (
     default_gate,
     summary_lines,
 )
-from pytest_energy.config import parse_positive_int
+from pytest_energy.config import parse_number, parse_positive_int
 from pytest_energy.errors import BaselineError, ConfigError
 from pytest_energy.fixture import EnergyFixture
 from pytest_energy.machine import machine_info
@@ -114,15 +114,9 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
 
 def parse_alpha(value: Any, where: str = "--energy-alpha") -> float:
     """A significance level strictly between 0 and 1."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        alpha = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a probability such as 0.01, got {value!r}") from None
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"{where}: expected a probability between 0 and 1, got {value!r}")
-    return alpha
+    return parse_number(
+        value, where, "a probability between 0 and 1 such as 0.01", 0.0, 1.0, inclusive=False
+    )
 
 
 def parse_gate(
