@@ -16,12 +16,18 @@ from .training import TrainSettings
 
 @dataclass(frozen=True)
 class SearchScale:
-    """Size and schedule of the architecture-search experiments."""
+    """Size and schedule of the architecture-search experiments. Searches use the first
+    `search_samples` training images (all when None), half for weights, half for selection;
+    the winner is retrained on the whole training set as a network of `retrain_cells` cells
+    and `retrain_channels` initial channels (DARTS: searched with 8 × 16, evaluated 20 × 36)."""
 
     cells: int
     nodes_per_cell: int
     initial_channels: int
+    search_samples: int | None
     search_epochs: float
+    retrain_cells: int
+    retrain_channels: int
     retrain_epochs: float
     random_trials: int
     random_trial_epochs: float
@@ -44,10 +50,12 @@ class Scale:
     finetune_epochs: float
     finetune_learning_rate: float
     calibration_samples: int
+    zeroq_samples: int
     zeroq_steps: int
     qat_epochs: float
     qat_learning_rate: float
     distill_epochs: float
+    crd_negatives: int
     search: SearchScale
     deployment_batch_size: int
     synthetic_train_count: int = 0
@@ -73,19 +81,24 @@ SMOKE = Scale(
     finetune_epochs=1.5,
     finetune_learning_rate=0.01,
     calibration_samples=256,
+    zeroq_samples=32,
     zeroq_steps=60,
     qat_epochs=1,
     qat_learning_rate=0.005,
     distill_epochs=3,
+    crd_negatives=1024,
     search=SearchScale(
         cells=3,
         nodes_per_cell=2,
         initial_channels=8,
+        search_samples=1000,
         search_epochs=2,
+        retrain_cells=3,
+        retrain_channels=8,
         retrain_epochs=3,
-        random_trials=3,
+        random_trials=4,
         random_trial_epochs=1,
-        search_settings=TrainSettings(batch_size=64, learning_rate=0.05, weight_decay=3e-4),
+        search_settings=TrainSettings(batch_size=64, learning_rate=0.025, weight_decay=3e-4),
         architecture_learning_rate=3e-3,
     ),
     deployment_batch_size=64,
@@ -105,15 +118,20 @@ PAPER = Scale(
     finetune_epochs=40,
     finetune_learning_rate=0.01,
     calibration_samples=1024,
+    zeroq_samples=32,
     zeroq_steps=500,
     qat_epochs=10,
     qat_learning_rate=0.001,
     distill_epochs=240,
+    crd_negatives=16384,
     search=SearchScale(
         cells=8,
         nodes_per_cell=4,
         initial_channels=16,
+        search_samples=None,
         search_epochs=50,
+        retrain_cells=20,
+        retrain_channels=36,
         retrain_epochs=600,
         random_trials=24,
         random_trial_epochs=10,
