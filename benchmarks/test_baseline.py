@@ -1,0 +1,20 @@
+"""The uncompressed base model: the row every compression method is compared against."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.lowcarbon.training import evaluate, inference_call
+
+
+@pytest.mark.lifecycle(
+    family="baseline", method="uncompressed", model="{base}", dataset="{dataset}"
+)
+def test_uncompressed_base_model(energy, base_model, data):
+    energy.charge(base_model.training)
+
+    energy.accuracy = evaluate(base_model.model, data.test)
+    energy.inference(inference_call(base_model.model, data.batch), samples=len(data.batch))
+
+    chance = 1 / data.num_classes
+    assert energy.accuracy > 2 * chance, f"base model barely learned: {energy.accuracy:.3f}"

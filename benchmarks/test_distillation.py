@@ -1,0 +1,47 @@
+"""Distillation family: a smaller student trained from scratch against the trained base model as
+teacher, one test per method. TEC = base training (charged, the teacher) + distillation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.lowcarbon.distillation import DISTILLATION_METHODS, distill
+from benchmarks.lowcarbon.models import CifarResNet, count_parameters
+from benchmarks.lowcarbon.training import evaluate, inference_call
+
+
+def method(name: str) -> pytest.param:
+    labels = pytest.mark.lifecycle(
+        family="distillation",
+        method=name,
+        model="{student}",
+        teacher="{base}",
+        dataset="{dataset}",
+    )
+    return pytest.param(name, marks=labels, id=name)
+
+
+@pytest.mark.parametrize("name", [method(name) for name in DISTILLATION_METHODS])
+def test_distillation(energy, base_model, data, scale, name):
+    energy.charge(base_model.training)
+    torch.manual_seed(scale.seed + 1)
+    student = CifarResNet(scale.student_depth, scale.student_width, data.num_classes)
+    student = student.to(data.device)
+    assert count_parameters(student) < count_parameters(base_model.model)
+
+    with energy.train("distill"):
+        distill(
+            student,
+            base_model.model,
+            name,
+            data.train,
+            scale.distill_epochs,
+            scale.settings,
+            scale.seed,
+            data.augment,
+            crd_negatives=scale.crd_negatives,
+        )
+
+    energy.accuracy = evaluate(student, data.test)
+    energy.inference(inference_call(student, data.batch), samples=len(data.batch))

@@ -1,0 +1,86 @@
+"""Architecture-search family over one DARTS cell space: DARTS (gradient-based) and random
+search (the non-gradient reference). No base model: TEC = search + retraining the winner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.lowcarbon.nas import CellNetwork, darts_search, random_search
+from benchmarks.lowcarbon.training import evaluate, inference_call, train_classifier
+
+
+def search_method(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.lifecycle(
+        family="nas", method=name, model="{search_network}", dataset="{dataset}"
+    )
+
+
+def retrain_and_measure(energy, data, scale, genotype) -> None:
+    search = scale.search
+    torch.manual_seed(scale.seed)
+    model = CellNetwork(
+        search.retrain_cells,
+        search.nodes_per_cell,
+        search.retrain_channels,
+        data.num_classes,
+        genotype,
+    ).to(data.device)
+    with energy.train("retrain"):
+        train_classifier(
+            model,
+            data.train,
+            search.retrain_epochs,
+            search.search_settings,
+            scale.seed,
+            data.augment,
+        )
+    energy.accuracy = evaluate(model, data.test)
+    energy.inference(inference_call(model, data.batch), samples=len(data.batch))
+
+
+def search_split(data, scale):
+    samples = scale.search.search_samples
+    return data.train if samples is None else data.train.head(samples)
+
+
+@search_method("darts")
+def test_darts(energy, data, scale):
+    search = scale.search
+
+    with energy.train("search"):
+        result = darts_search(
+            search_split(data, scale),
+            search.cells,
+            search.nodes_per_cell,
+            search.initial_channels,
+            search.search_epochs,
+            search.search_settings,
+            search.architecture_learning_rate,
+            scale.seed,
+            data.num_classes,
+        )
+
+    assert result.genotype.is_valid(), result.genotype.describe()
+    retrain_and_measure(energy, data, scale, result.genotype)
+
+
+@search_method("random-search")
+def test_random_search(energy, data, scale):
+    search = scale.search
+
+    with energy.train("search"):
+        result = random_search(
+            search_split(data, scale),
+            search.cells,
+            search.nodes_per_cell,
+            search.initial_channels,
+            search.random_trials,
+            search.random_trial_epochs,
+            search.search_settings,
+            scale.seed,
+            data.num_classes,
+        )
+
+    assert result.genotype.is_valid(), result.genotype.describe()
+    retrain_and_measure(energy, data, scale, result.genotype)

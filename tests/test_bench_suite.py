@@ -1,0 +1,102 @@
+"""The benchmark suite's options: scale labels on every lifecycle test, paper scale skipped with
+the expected file names when CIFAR-10 is not there, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.conftest import scale_labels
+from benchmarks.lowcarbon.scales import PAPER, SMOKE
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+LIFECYCLE_FILES = sorted(
+    str(path) for path in BENCHMARKS.glob("test_*.py") if path.name != "test_distributed.py"
+)
+
+LABEL_DUMP = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        marker = item.get_closest_marker("lifecycle")
+        if marker is not None:
+            labels = ",".join(f"{key}={value}" for key, value in sorted(marker.kwargs.items()))
+            print(f"LABELS {item.name} {labels}")
+"""
+
+
+def collected_labels(pytester: pytest.Pytester, *options: str) -> dict[str, dict[str, str]]:
+    pytester.makepyfile(label_dump=LABEL_DUMP)
+    result = pytester.runpytest_subprocess(
+        *LIFECYCLE_FILES, "--collect-only", "-q", "-p", "label_dump", *options
+    )
+    assert result.ret == 0, result.stdout.str()
+    labels = {}
+    for line in result.stdout.lines:
+        if line.startswith("LABELS "):
+            _, name, pairs = line.split(" ", 2)
+            labels[name] = dict(pair.split("=", 1) for pair in pairs.split(","))
+    return labels
+
+
+def test_role_placeholders_name_the_models_of_each_scale():
+    assert scale_labels(SMOKE) == {
+        "base": "resnet8",
+        "student": "resnet8-w8",
+        "search_network": "darts-cells3-c8",
+        "dataset": "synthetic",
+    }
+    paper = scale_labels(PAPER)
+    assert (paper["base"], paper["student"], paper["dataset"]) == (
+        "resnet56",
+        "resnet20",
+        "cifar10",
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "base", "student", "dataset"),
+    [
+        ((), "resnet8", "resnet8-w8", "synthetic"),
+        (("--energy-scale", "paper"), "resnet56", "resnet20", "cifar10"),
+    ],
+    ids=["smoke", "paper"],
+)
+def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
+    pytester, options, base, student, dataset
+):
+    labels = collected_labels(pytester, *options)
+
+    assert len(labels) >= 20
+    families = {entry["family"] for entry in labels.values()}
+    assert families == {"baseline", "pruning", "quantization", "distillation", "nas"}
+    for name, entry in labels.items():
+        assert {"family", "method", "model", "dataset", "scale"} <= entry.keys(), name
+        assert "{" not in ",".join(entry.values()), name
+        assert entry["dataset"] == dataset
+    assert labels["test_uncompressed_base_model"]["model"] == base
+    assert labels["test_distillation[crd]"]["model"] == student
+    assert labels["test_distillation[crd]"]["teacher"] == base
+    assert labels["test_pwlq_4bit_simulated"]["simulated"] == "yes"
+    methods = [(entry["family"], entry["method"]) for entry in labels.values()]
+    assert len(methods) == len(set(methods)), "each method is one test"
+
+
+def test_paper_scale_without_cifar10_skips_naming_the_expected_files(pytester, tmp_path):
+    missing = tmp_path / "no-cifar-here"
+
+    result = pytester.runpytest_subprocess(
+        str(BENCHMARKS / "test_baseline.py"),
+        "--energy-scale",
+        "paper",
+        "--energy-data",
+        str(missing),
+        "-rs",
+    )
+
+    result.assert_outcomes(skipped=1)
+    output = result.stdout.str()
+    assert str(missing) in output
+    assert "cifar-10-batches-py/data_batch_1..5, test_batch and batches.meta" in output
+    assert "never downloads" in output
+    assert not missing.exists()
