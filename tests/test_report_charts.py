@@ -7,7 +7,7 @@ import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from report_data import comparison_of, paper_results, results_document
+from report_data import comparison_of, lifecycle_record, paper_results, results_document
 
 from pytest_energy.errors import ReportError
 from pytest_energy.report.charts import (
@@ -92,3 +92,27 @@ def test_a_changed_line_is_labelled_with_its_largest_change_in_that_direction() 
     figure = draw_report(build_report(current, comparison_of(current, baseline)))
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert "fpgm (resnet20) [pruning] — regressed: TEC +25.0 %" in labels
+
+
+def results_with_methods(count: int) -> dict:
+    return results_document(
+        {
+            f"test_methods.py::test_method[{index}]": lifecycle_record(
+                f"method-{index}", 10.0 + index, 1e-3 / (index + 1)
+            )
+            for index in range(count)
+        }
+    )
+
+
+def test_with_many_methods_the_legend_gets_a_column_of_its_own(tmp_path) -> None:
+    from matplotlib.image import imread
+
+    few = build_report(results_with_methods(3))
+    many = build_report(results_with_methods(12))
+    few_width, few_height = figure_size_pixels(few)
+    many_width, many_height = figure_size_pixels(many)
+    assert many_height == few_height
+    assert many_width > few_width
+    image = imread(write_chart(many, tmp_path / "many.png"))
+    assert image.shape[:2] == (many_height, many_width)

@@ -56,10 +56,32 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
+LEGEND_INSIDE_MAX_METHODS = 8
+"""Above this many methods per meter the method legend moves beside the panels."""
+LEGEND_WIDTH_INCHES = 3.6
+
+
+def _legend_outside(report: Report) -> bool:
+    methods_per_meter = max(
+        (
+            sum(row.meter == lifecycle.meter for row in report.rows)
+            for lifecycle in report.lifecycles
+        ),
+        default=0,
+    )
+    return methods_per_meter > LEGEND_INSIDE_MAX_METHODS
+
+
 def figure_size_pixels(report: Report) -> tuple[int, int]:
-    """Width and height of the chart in pixels: two panels wide, one row per meter."""
+    """Width and height of the chart in pixels: two panels wide, one row per meter.
+
+    With many methods their legend goes in a column of its own on the right, so it hides no
+    line and no crossing.
+    """
     rows = max(1, len(report.lifecycles))
-    return round(2 * PANEL_WIDTH_INCHES * DPI), round(rows * PANEL_HEIGHT_INCHES * DPI)
+    legend_inches = LEGEND_WIDTH_INCHES if _legend_outside(report) else 0.0
+    width_inches = 2 * PANEL_WIDTH_INCHES + legend_inches
+    return round(width_inches * DPI), round(rows * PANEL_HEIGHT_INCHES * DPI)
 
 
 def _log_range(values: Sequence[float]) -> tuple[float, float]:
@@ -252,7 +274,21 @@ def draw_report(report: Report) -> Any:
         colours = {id(row): palette(index % palette.N) for index, row in enumerate(rows)}
         _draw_full_cycle(grid[line][0], lifecycle, rows, report, colours)
         _draw_pareto(grid[line][1], lifecycle, rows, report, colours)
+        if _legend_outside(report):
+            _move_method_legend(grid[line][0], grid[line][1])
     return figure
+
+
+def _move_method_legend(full_cycle_axes: Any, pareto_axes: Any) -> None:
+    """Put the full-cycle panel's method legend to the right of the row, outside the axes."""
+    handles, labels = full_cycle_axes.get_legend_handles_labels()
+    full_cycle_axes.get_legend().remove()
+    usage_legend = pareto_axes.get_legend()
+    pareto_axes.legend(
+        handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0
+    )
+    if usage_legend is not None:
+        pareto_axes.add_artist(usage_legend)
 
 
 def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
