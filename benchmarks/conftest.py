@@ -12,7 +12,6 @@ at smoke scale and `resnet56` at paper scale). Every benchmark test also gets `s
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +88,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads() -> None:
-    """One intra-op thread per CPU this process may use, so runs compare across machines."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    """One intra-op thread, so runs compare across machines with other core counts.
+
+    With more, idle OpenMP workers spin between operators while the machine is busy, and the
+    cputime meter charges that spinning: A/A reruns then move by far more than the tolerance
+    (``python -m benchmarks.false_alarms --threads 0`` shows it).
+    """
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
