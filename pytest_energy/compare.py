@@ -31,6 +31,7 @@ Another GPU or CPU is different: those figures were never about the same thing.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -544,11 +545,21 @@ def compare_snapshots(
     )
 
 
-def summary_lines(report: ComparisonReport, fail_on_improvement: bool = False) -> list[str]:
-    """Plain-text lines for a terminal: each finding with its quantities, then the counts."""
+def summary_lines(
+    report: ComparisonReport, fail_on_improvement: bool = False, verbose: bool = False
+) -> list[str]:
+    """Plain-text lines for a terminal: each finding with its quantities, then the counts.
+
+    Meters that do not gate are counted in one line each unless ``verbose``: on a shared
+    machine their noise would otherwise bury the findings that decide the exit status.
+    """
     lines = []
+    not_gating: dict[str, Counter[str]] = {}
     for test in report.tests:
         for meter in test.meters:
+            if not meter.gating and not verbose:
+                not_gating.setdefault(meter.meter, Counter())[meter.verdict] += 1
+                continue
             where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
             against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
             if meter.verdict == "regressed":
@@ -573,6 +584,9 @@ def summary_lines(report: ComparisonReport, fail_on_improvement: bool = False) -
             f"not run   {len(report.not_run)} test(s) of the baseline did not pass in this run "
             f"({shown}); --energy-save --energy-prune drops those that no longer exist"
         )
+    for name, verdicts in not_gating.items():
+        tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+        lines.append(f"not gating {name}: {tally} (each finding with -v)")
     counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
     lines.append(f"gate {', '.join(report.gate) or '(none)'}: {counts or 'no tests'}")
     return lines

@@ -406,7 +406,9 @@ class RegressionGate:
             return
         write = terminalreporter.write_line
         terminalreporter.section("energy gate")
-        for line in summary_lines(self.report, self.settings.fail_on_improvement):
+        for line in summary_lines(
+            self.report, self.settings.fail_on_improvement, self.config.option.verbose > 0
+        ):
             red = line.startswith("REGRESSED") or (
                 line.startswith("improved") and self.settings.fail_on_improvement
             )

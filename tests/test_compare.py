@@ -6,7 +6,7 @@ import pytest
 from gate_data import A100, H100, record, recorded, snapshot
 
 from pytest_energy.cli import main
-from pytest_energy.compare import compare_meter, compare_snapshots, default_gate
+from pytest_energy.compare import compare_meter, compare_snapshots, default_gate, summary_lines
 from pytest_energy.config import Tolerance
 from pytest_energy.results import SCHEMA, SCHEMA_VERSION, dump_json
 
@@ -199,6 +199,30 @@ def test_only_gating_meters_decide_a_tests_verdict():
     assert not test.meter("cputime").gating
     assert not report.regressed
     assert report.findings("regressed", gating=False)
+
+
+def test_the_terminal_summary_counts_non_gating_findings_unless_verbose():
+    current = {
+        "t.py::test": {
+            "counted": recorded(record(tec=100.0)),
+            "cputime": recorded(record("cputime", tec=200.0, rounds=QUIET)),
+        }
+    }
+    baseline = {
+        "t.py::test": {
+            "counted": recorded(record(tec=100.0)),
+            "cputime": recorded(record("cputime", tec=100.0, rounds=QUIET)),
+        }
+    }
+    report = compare_snapshots(current, baseline)
+
+    quiet = summary_lines(report)
+    assert "not gating cputime: 1 regressed (each finding with -v)" in quiet
+    assert not any(line.startswith("REGRESSED") for line in quiet)
+    assert quiet[-1] == "gate counted: 1 unchanged"
+
+    verbose = summary_lines(report, verbose=True)
+    assert any(line.startswith("REGRESSED t.py::test [cputime, not gating]") for line in verbose)
 
 
 def test_report_counts_lists_tests_not_run_and_serialises_to_json():
