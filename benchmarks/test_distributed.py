@@ -75,7 +75,9 @@ def base_training(scale: Scale, data: DataBundle, device: str) -> DataParallelTr
 
 def ddp(ranks: int) -> pytest.param:
     method = f"ddp-{ranks}-rank" + ("s" if ranks > 1 else "")
-    lifecycle = pytest.mark.lifecycle(family="distributed", method=method)
+    lifecycle = pytest.mark.lifecycle(
+        family="distributed", method=method, model="{base}", dataset="{dataset}"
+    )
     return pytest.param(ranks, marks=lifecycle, id=method)
 
 
