@@ -317,6 +317,27 @@ def _settings_difference(
     return None
 
 
+def _company_difference(kind: str, before: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """A timed meter beside ``counted`` in one run and not the other measured different work.
+
+    The counted meter's dispatch mode slows every operator in a training window, and a timed
+    meter in that window charges the slowdown. Records without ``alongside`` are not checked.
+    """
+    if kind == "counted" or "alongside" not in before or "alongside" not in now:
+        return None
+    counted_before = "counted" in before["alongside"]
+    counted_now = "counted" in now["alongside"]
+    if counted_before == counted_now:
+        return None
+    with_, without = (
+        ("the baseline", "this run") if counted_before else ("this run", "the baseline")
+    )
+    return (
+        f"{with_} trained beside the counted meter and {without} did not: counting slows the "
+        f"work it measures (use the same --energy-meter for both)"
+    )
+
+
 def _version_warnings(before: Provenance, now: Provenance) -> tuple[str, ...]:
     warnings = []
     for library in ("torch", "torchvision"):
@@ -390,8 +411,10 @@ def compare_meter(
         reason = hardware_difference(
             baseline.provenance.profile.fingerprint, current.provenance.profile.fingerprint
         )
-    reason = reason or _settings_difference(
-        meter, baseline.provenance.meter, current.provenance.meter
+    reason = (
+        reason
+        or _settings_difference(meter, baseline.provenance.meter, current.provenance.meter)
+        or _company_difference(kind, before, now)
     )
     warnings = _version_warnings(baseline.provenance, current.provenance)
     if reason:

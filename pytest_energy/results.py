@@ -126,6 +126,9 @@ def meter_result(
     ]
     tec_joules = float(sum(entry["joules"] for entry in phase_entries))
     result: dict[str, Any] = {"kind": kind, "phases": phase_entries, "tec_joules": tec_joules}
+    result["alongside"] = sorted(
+        {name for phase in phases if meter in phase.readings for name in phase.readings} - {meter}
+    )
     iec = None
     if inference is not None and inference.rounds.get(meter):
         per_sample = inference.joules_per_sample(meter)

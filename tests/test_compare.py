@@ -1,5 +1,6 @@
 """Comparing a run with its baseline: verdicts per test, meter and quantity; the compare CLI."""
 
+import copy
 import json
 
 import pytest
@@ -302,3 +303,26 @@ def test_cli_compare_bad_tolerance_is_named(tmp_path, capsys):
     good = results_file(tmp_path / "good.json", test_a=record())
     assert main(["compare", good, good, "--tolerance", "lots"]) == 2
     assert "--tolerance: expected a fraction" in capsys.readouterr().err
+
+
+def alongside(test_record, meter, others):
+    test_record["meters"][meter]["alongside"] = others
+    return test_record
+
+
+def test_a_timed_meter_beside_counted_in_one_run_only_is_incomparable():
+    # The counted meter's dispatch mode slows the training it shares a window with.
+    with_counted = alongside(record("cputime", tec=130.0, rounds=QUIET), "cputime", ["counted"])
+    alone = alongside(record("cputime", tec=100.0, rounds=QUIET), "cputime", [])
+    comparison = compare_one(recorded(alone), recorded(with_counted))
+    assert comparison.verdict == "incomparable"
+    assert "the baseline trained beside the counted meter and this run did not" in (
+        comparison.reason
+    )
+
+
+def test_the_same_company_or_an_older_record_is_compared_as_usual():
+    both = alongside(record("cputime", rounds=QUIET), "cputime", ["counted"])
+    assert compare_one(recorded(both), recorded(copy.deepcopy(both))).verdict == "unchanged"
+    older = record("cputime", rounds=QUIET)  # recorded before `alongside` existed
+    assert compare_one(recorded(both), recorded(older)).verdict == "unchanged"
