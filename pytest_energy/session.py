@@ -31,9 +31,6 @@ class Charge:
     def measured(self) -> bool:
         return bool(self.readings)
 
-    def joules(self, meter: str) -> float:
-        return self.readings[meter].joules
-
 
 class EnergySession:
     """Meters, run-wide settings and the results of the tests that have finished."""

@@ -179,20 +179,22 @@ def test_default_gate_prefers_measured_then_counted_then_estimated():
     assert default_gate({"cputime": "estimated"}) == ["cputime"]
 
 
+def cputime_doubled_counted_unchanged():
+    """Current and baseline snapshots of one test: counted the same, cputime TEC doubled."""
+
+    def snapshot_with(cputime_tec):
+        return {
+            "t.py::test": {
+                "counted": recorded(record(tec=100.0)),
+                "cputime": recorded(record("cputime", tec=cputime_tec, rounds=QUIET)),
+            }
+        }
+
+    return snapshot_with(200.0), snapshot_with(100.0)
+
+
 def test_only_gating_meters_decide_a_tests_verdict():
-    current = {
-        "t.py::test": {
-            "counted": recorded(record(tec=100.0)),
-            "cputime": recorded(record("cputime", tec=200.0, rounds=QUIET)),
-        }
-    }
-    baseline = {
-        "t.py::test": {
-            "counted": recorded(record(tec=100.0)),
-            "cputime": recorded(record("cputime", tec=100.0, rounds=QUIET)),
-        }
-    }
-    report = compare_snapshots(current, baseline)
+    report = compare_snapshots(*cputime_doubled_counted_unchanged())
     assert report.gate == ("counted",)
     (test,) = report.tests
     assert test.verdict == "unchanged"
@@ -203,19 +205,7 @@ def test_only_gating_meters_decide_a_tests_verdict():
 
 
 def test_the_terminal_summary_counts_non_gating_findings_unless_verbose():
-    current = {
-        "t.py::test": {
-            "counted": recorded(record(tec=100.0)),
-            "cputime": recorded(record("cputime", tec=200.0, rounds=QUIET)),
-        }
-    }
-    baseline = {
-        "t.py::test": {
-            "counted": recorded(record(tec=100.0)),
-            "cputime": recorded(record("cputime", tec=100.0, rounds=QUIET)),
-        }
-    }
-    report = compare_snapshots(current, baseline)
+    report = compare_snapshots(*cputime_doubled_counted_unchanged())
 
     quiet = summary_lines(report)
     assert "not gating cputime: 1 regressed (each finding with -v)" in quiet

@@ -150,15 +150,9 @@ def write_outputs(
     ``comparison`` defaults to the one embedded in the results (``results["comparison"]``,
     written by the gate), so a saved results file renders as the run did.
     """
-    if comparison is None and isinstance(results.get("comparison"), Mapping):
-        comparison = results["comparison"]
-    report = build_report(
-        results,
-        comparison,
-        baseline=baseline,
-        carbon=settings.carbon,
-        reference=settings.reference,
-    )
+    if comparison is None:
+        comparison = _embedded_comparison(results)
+    report = _report_of(results, settings, comparison, baseline)
     written = []
     if settings.markdown is not None:
         written.append(write_markdown(report, settings.markdown))
@@ -285,13 +279,20 @@ def report_from_files(
             document.setdefault("path", os.fspath(path))
             documents.append(document)
         comparison = compare_snapshots(load_snapshot(results_path), merged, gate=gate)
-    elif isinstance(results.get("comparison"), Mapping):
-        comparison = results["comparison"]
-    report = build_report(
-        results,
-        comparison,
-        baseline=documents,
-        carbon=settings.carbon,
-        reference=settings.reference,
+    else:
+        comparison = _embedded_comparison(results)
+    return _report_of(results, settings, comparison, documents), comparison
+
+
+def _embedded_comparison(results: Mapping[str, Any]) -> Any | None:
+    """The comparison the gate wrote into a results file, so it renders as the run did."""
+    embedded = results.get("comparison")
+    return embedded if isinstance(embedded, Mapping) else None
+
+
+def _report_of(
+    results: Mapping[str, Any], settings: ReportSettings, comparison: Any, baseline: Any
+) -> Report:
+    return build_report(
+        results, comparison, baseline=baseline, carbon=settings.carbon, reference=settings.reference
     )
-    return report, comparison
