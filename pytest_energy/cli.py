@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from pytest_energy.compare_command import add_compare_command
 from pytest_energy.errors import EnergyError
+from pytest_energy.gate.cli import add_compare_command
 from pytest_energy.meters import MeterOptions, probe_meters
 
 

@@ -25,8 +25,8 @@ from pytest_energy.config import (
 from pytest_energy.distributed import reports_here
 from pytest_energy.errors import ConfigError, EnergyError, MeasurementError
 from pytest_energy.fixture import EnergyFixture
-from pytest_energy.gate import RegressionGate
-from pytest_energy.gate import add_options as add_gate_options
+from pytest_energy.gate.plugin import RegressionGate
+from pytest_energy.gate.plugin import add_options as add_gate_options
 from pytest_energy.machine import machine_info
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
 from pytest_energy.report.outputs import ReportWriter

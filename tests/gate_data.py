@@ -6,8 +6,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_energy.compare import Provenance, Recorded
-from pytest_energy.profiles import make_profile
+from pytest_energy.gate.compare import Provenance, Recorded
+from pytest_energy.gate.profiles import make_profile
 
 CPU = {"cpu_model": "AMD EPYC 7B13", "cpu_threads": 2}
 H100 = {

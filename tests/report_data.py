@@ -99,8 +99,8 @@ def comparison_of(
     baseline_file: str = "baselines/counted.json",
 ) -> Any:
     """The real comparison (``compare.compare_snapshots``) of two results documents."""
-    from pytest_energy.baselines import results_snapshot
-    from pytest_energy.compare import compare_snapshots
+    from pytest_energy.gate.compare import compare_snapshots
+    from pytest_energy.gate.store import results_snapshot
 
     return compare_snapshots(
         results_snapshot(current, "this run"), results_snapshot(baseline, baseline_file)

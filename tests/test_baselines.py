@@ -11,8 +11,11 @@ from gate_data import H100, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_energy import baselines
-from pytest_energy.baselines import (
+from pytest_energy.config import Tolerance, parse_tolerance
+from pytest_energy.errors import BaselineError, ConfigError
+from pytest_energy.gate import store as baselines
+from pytest_energy.gate.profiles import gpu_fingerprint, make_profile, profile_name
+from pytest_energy.gate.store import (
     BASELINE_SCHEMA,
     baseline_document,
     baseline_entry,
@@ -21,9 +24,6 @@ from pytest_energy.baselines import (
     save_baseline,
     validate_baseline,
 )
-from pytest_energy.config import Tolerance, parse_tolerance
-from pytest_energy.errors import BaselineError, ConfigError
-from pytest_energy.profiles import gpu_fingerprint, make_profile, profile_name
 
 CPU = {"cpu_model": "AMD EPYC", "cpu_threads": 2}
 CPUTIME = make_profile("cputime", "estimated", CPU)

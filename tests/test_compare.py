@@ -7,8 +7,8 @@ import pytest
 from gate_data import A100, H100, record, recorded, snapshot
 
 from pytest_energy.cli import main
-from pytest_energy.compare import compare_meter, compare_snapshots, default_gate, summary_lines
 from pytest_energy.config import Tolerance
+from pytest_energy.gate.compare import compare_meter, compare_snapshots, default_gate, summary_lines
 from pytest_energy.results import SCHEMA, SCHEMA_VERSION, dump_json
 
 QUIET = [1.00, 1.01, 0.99, 1.02, 0.98]

@@ -643,7 +643,7 @@ def render_markdown(
 ) -> str:
     """Markdown for a PR comment from a results document and an optional comparison.
 
-    ``comparison`` is what ``pytest_energy.compare`` produces (or its ``to_dict()``); without
+    ``comparison`` is what ``pytest_energy.gate.compare`` produces (or its ``to_dict()``); without
     it every result is ``new``. ``baseline`` (a results-schema document) shows how break-even
     points moved. ``reference`` picks the row break-evens are measured against.
     """

@@ -7,7 +7,7 @@ the same default as ``compare.default_gate``: measured meters, else ``counted``,
 are the report's main rows and its headline counts their tests; the other meters' rows are
 shown as context.
 
-A comparison (``pytest_energy.compare.ComparisonReport`` or its ``to_dict()``) adds a verdict
+A comparison (``pytest_energy.gate.compare.ComparisonReport`` or its ``to_dict()``) adds a verdict
 per test and per row, and the change of TEC, IEC and E(MUI) at each usage; without one every
 result is ``new``. Baseline documents (same record layout) let the lifecycle view say how
 break-even points moved.
@@ -608,7 +608,7 @@ def _meter_comparison(meter: Mapping[str, Any]) -> RowComparison:
 def comparison_view(comparison: Any) -> ComparisonView:
     """Read a comparison into a ``ComparisonView``.
 
-    ``comparison`` is a ``pytest_energy.compare.ComparisonReport``, its ``to_dict()`` or that
+    ``comparison`` is a ``pytest_energy.gate.compare.ComparisonReport``, its ``to_dict()`` or that
     dict read back from JSON (schema ``pytest-energy/comparison``): ``tests`` with a verdict
     each, and per meter its verdict, whether it gates, why (``reason``, ``warnings``) and the
     quantities TEC, IEC and E(MUI) per usage with their baseline, current and change in percent.

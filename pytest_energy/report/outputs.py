@@ -262,14 +262,14 @@ def report_from_files(
     them the comparison is made afresh (``compare.compare_snapshots``), each test judged with
     its own recorded tolerance. Returns the report and the comparison it shows.
     """
-    from pytest_energy.baselines import load_snapshot, read_json, validate_results
+    from pytest_energy.gate.store import load_snapshot, read_json, validate_results
 
     settings = settings or ReportSettings()
     results = validate_results(read_json(results_path, "results file"), os.fspath(results_path))
     comparison: Any | None = None
     documents = []
     if baseline_paths:
-        from pytest_energy.compare import compare_snapshots
+        from pytest_energy.gate.compare import compare_snapshots
 
         merged: dict[str, dict[str, Any]] = {}
         for path in baseline_paths:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_energy.stats import (
+from pytest_energy.gate.rules import (
     judge_exact,
     judge_full_cycle,
     judge_rounds,

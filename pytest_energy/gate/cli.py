@@ -1,7 +1,7 @@
 """``pytest-energy compare OLD.json NEW.json``: the gate's comparison on two files, no re-run.
 
 Either file may be a results file (``--energy-json``) or a baseline file (``baselines/*.json``).
-The verdicts are the plugin's (see ``pytest_energy.compare``); ``--fail`` turns a regression
+The verdicts are the plugin's (see ``pytest_energy.gate.compare``); ``--fail`` turns a regression
 into exit status 1, so the command can gate a CI step on files produced elsewhere.
 """
 
@@ -12,13 +12,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_energy.baselines import load_snapshot
-from pytest_energy.compare import ComparisonReport, compare_snapshots, summary_lines
 from pytest_energy.config import parse_tolerance
 from pytest_energy.errors import BaselineError
-from pytest_energy.gate import parse_alpha, parse_gate
+from pytest_energy.gate.compare import ComparisonReport, compare_snapshots, summary_lines
+from pytest_energy.gate.plugin import parse_alpha, parse_gate
+from pytest_energy.gate.rules import DEFAULT_ALPHA
+from pytest_energy.gate.store import load_snapshot
 from pytest_energy.results import write_json_atomic
-from pytest_energy.stats import DEFAULT_ALPHA
 
 
 def add_compare_command(commands: Any) -> None:

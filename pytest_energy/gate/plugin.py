@@ -25,7 +25,20 @@ from typing import Any
 
 import pytest
 
-from pytest_energy.baselines import (
+from pytest_energy.config import parse_number, parse_positive_int
+from pytest_energy.errors import BaselineError, ConfigError
+from pytest_energy.fixture import EnergyFixture
+from pytest_energy.gate.compare import (
+    ComparisonReport,
+    Provenance,
+    Recorded,
+    compare_snapshots,
+    default_gate,
+    summary_lines,
+)
+from pytest_energy.gate.profiles import Profile, cpu_fingerprint, make_profile, profile_for
+from pytest_energy.gate.rules import DEFAULT_ALPHA, smallest_p_value
+from pytest_energy.gate.store import (
     DEFAULT_DIRECTORY,
     BaselineFile,
     SaveResult,
@@ -38,22 +51,9 @@ from pytest_energy.baselines import (
     run_provenance,
     save_baseline,
 )
-from pytest_energy.compare import (
-    ComparisonReport,
-    Provenance,
-    Recorded,
-    compare_snapshots,
-    default_gate,
-    summary_lines,
-)
-from pytest_energy.config import parse_number, parse_positive_int
-from pytest_energy.errors import BaselineError, ConfigError
-from pytest_energy.fixture import EnergyFixture
 from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import Meter
-from pytest_energy.profiles import Profile, cpu_fingerprint, make_profile, profile_for
 from pytest_energy.session import EnergySession
-from pytest_energy.stats import DEFAULT_ALPHA, smallest_p_value
 
 
 def add_options(group: Any, parser: pytest.Parser) -> None:

@@ -16,7 +16,7 @@ The result is a small tree that reports render (terminal, markdown, PR comments)
       .gate, .alpha                        the meters that gate, the significance level
 
 Verdicts: ``regressed`` and ``improved`` (beyond tolerance and, for noisy meters, beyond
-noise: see ``pytest_energy.stats``), ``unchanged``, ``new`` (no baseline to compare with) and
+noise: see ``pytest_energy.gate.rules``), ``unchanged``, ``new`` (no baseline to compare with) and
 ``incomparable`` (a baseline exists but must not be trusted: another CPU or GPU, another
 wattage or energy table; ``reason`` says which). Greenness G(MUI) is reported with its change
 but has no verdict of its own: it also moves with accuracy, which is not an energy regression.
@@ -38,10 +38,8 @@ from typing import Any, Literal
 
 from pytest_energy.config import Tolerance, parse_tolerance
 from pytest_energy.errors import ConfigError
-from pytest_energy.lifecycle import greenness
-from pytest_energy.profiles import Profile, hardware_difference
-from pytest_energy.report.units import format_joules, format_usage
-from pytest_energy.stats import (
+from pytest_energy.gate.profiles import Profile, hardware_difference
+from pytest_energy.gate.rules import (
     DEFAULT_ALPHA,
     Decision,
     judge_exact,
@@ -50,6 +48,8 @@ from pytest_energy.stats import (
     judge_single,
     relative_spread,
 )
+from pytest_energy.lifecycle import greenness
+from pytest_energy.report.units import format_joules, format_usage
 
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
 VERDICTS: tuple[Verdict, ...] = ("regressed", "improved", "unchanged", "new", "incomparable")

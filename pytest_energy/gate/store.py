@@ -1,6 +1,6 @@
 """Baseline files: one per profile, loaded strictly, merged and saved atomically under a lock.
 
-``baselines/<profile>.json`` (see ``pytest_energy.profiles`` for the names) holds, for every
+``baselines/<profile>.json`` (see ``pytest_energy.gate.profiles`` for the names) holds, for every
 test saved under that profile, the test's record in the results schema (``results.py``)
 restricted to the profile's meter, plus where it was recorded::
 
@@ -39,11 +39,11 @@ from typing import Any
 
 import filelock
 
-from pytest_energy.compare import Provenance, Recorded
 from pytest_energy.errors import BaselineError
+from pytest_energy.gate.compare import Provenance, Recorded
+from pytest_energy.gate.profiles import Profile, profile_from_results
 from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import KINDS
-from pytest_energy.profiles import Profile, profile_from_results
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
 from pytest_energy.results import SCHEMA_VERSION as RESULTS_VERSION
 from pytest_energy.results import write_json_atomic
