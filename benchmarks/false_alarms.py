@@ -1,11 +1,27 @@
-"""How often the regression gate cries wolf: A/A runs of an unchanged test against its baseline.
+"""Does the gate cry wolf, and does it catch real rises? Measured on separate pytest sessions.
 
-Run with ``python -m benchmarks.false_alarms``. A small lifecycle test (matrix products: a train
-phase and inference rounds) is saved as a baseline once, then run again ``--runs`` times with
-nothing changed. Every run that the gate fails is a false alarm; the script prints their count
-per meter, and the largest changes it saw, so the tolerance and α can be judged on this machine.
+Run with ``python -m benchmarks.false_alarms`` (defaults: cputime, torch's default threads and
+one thread, 25 sessions each). A small CNN lifecycle test written the way a user writes one
+(a few SGD steps of a two-layer conv net on a synthetic batch, then inference rounds) runs in a
+stream of fresh ``python -m pytest`` sessions, nothing changed between them. Each session holds
+three versions of the test: the work as is, +10 % and +25 % more training steps and inference
+work per sample (``test_cnn[1.00]``, ``[1.10]``, ``[1.25]``).
 
-Each run is a fresh ``python -m pytest`` process, as in CI.
+From that stream the gate's own rules (``pytest_energy.gate.compare``) judge:
+
+- **history mode**: a baseline of the ``--keep`` sessions before session r (their
+  ``test_cnn[1.00]`` figures, as ``pytest-energy record`` writes them) against session r's
+  ``[1.00]`` (an A/A run: any regression is a false alarm), ``[1.10]`` and ``[1.25]``
+  (detections). One run per session after the first ``--keep``, windows sliding.
+- **A/B mode**: consecutive sessions form pairs, the side of each drawn at random (RMIT, as
+  ``pytest-energy ab`` runs them); ``--pairs`` consecutive pairs make one A/B run: base
+  ``[1.00]`` against head ``[1.00]`` (A/A), ``[1.10]`` or ``[1.25]``. Runs are disjoint groups
+  of pairs when the stream is long enough, else sliding windows (the script says which).
+
+It prints per thread setting and mode: false alarms out of the A/A runs, the share of +10 % and
++25 % runs caught, the median smallest detectable change the verdicts printed (TEC and IEC) and
+the largest A/A change seen, so the two can be checked against each other. A "regression" here
+is the gate's verdict on the test (TEC, IEC or E(MUI) beyond tolerance and noise).
 """
 
 from __future__ import annotations
@@ -13,174 +29,258 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from pytest_energy.gate.compare import Provenance, Recorded, compare_meter
+from pytest_energy.gate.profiles import make_profile
+from pytest_energy.gate.sessions import session_item
+
+SCALES = ("1.00", "1.10", "1.25")
 WORKLOAD = textwrap.dedent(
     """
     import pytest
     import torch
+    from torch import nn
 
-    MATRIX = torch.ones(48, 48)
-
-
-    def work(units):
-        for _ in range(units):
-            MATRIX @ MATRIX
+    torch.manual_seed(0)
+    BATCH = 32
 
 
-    @pytest.fixture(autouse=True)
-    def torch_threads():
-        if {threads}:
-            torch.set_num_threads({threads})
+    def small_cnn():
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 8 * 8, 10),
+        )
 
 
-    @pytest.mark.lifecycle(usage=[1e3, 1e6, 1e9], family="a-a", method="matmul")
-    def test_unchanged(energy):
+    @pytest.mark.lifecycle(usage=[1e4, 1e6], tolerance=0.05, family="a-a", method="cnn")
+    @pytest.mark.parametrize("scale", {scales})
+    def test_cnn(energy, scale):
+        factor = float(scale)
+        model = small_cnn()
+        images, labels = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
         with energy.train("train"):
-            work({train_units})
-        energy.accuracy = 0.5
-        energy.inference(lambda: work({infer_units}), samples=1)
+            for _ in range(round({steps} * factor)):
+                optimiser.zero_grad()
+                nn.functional.cross_entropy(model(images), labels).backward()
+                optimiser.step()
+        model.eval()
+        # More work per sample: a bigger batch through the model, the same samples counted.
+        batch = torch.randn(round(BATCH * factor), 3, 32, 32)
+        with torch.no_grad():
+            energy.inference(lambda: model(batch), samples=BATCH)
     """
 )
-UNITS = {"counted": (200, 50)}
-DEFAULT_UNITS = (20000, 200)
 
 
-def pytest_command(directory: Path, meter: str, args: argparse.Namespace) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(directory),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(directory),
-        "--energy",
-        "--energy-meter",
-        meter,
-        "--energy-rounds",
-        str(args.rounds),
-        "--energy-train-rounds",
-        str(args.train_rounds),
-        "--energy-tolerance",
-        args.tolerance,
-        "--energy-alpha",
-        str(args.alpha),
-    ]
-
-
-def run_pytest(command: list[str], directory: Path) -> tuple[int, dict[str, Any]]:
-    results = directory / "results.json"
-    completed = subprocess.run(
-        [*command, "--energy-json", str(results)],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if completed.returncode not in (0, 1) or not results.exists():
-        raise SystemExit(f"pytest failed ({completed.returncode}):\n{completed.stdout[-3000:]}")
-    return completed.returncode, json.loads(results.read_text())
-
-
-def a_a_runs(meter: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Save once, rerun ``args.runs`` times; count failed runs and collect the changes seen."""
-    with tempfile.TemporaryDirectory(prefix="energy-a-a-") as name:
+def run_stream(threads: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``args.sessions`` fresh pytest sessions of the workload; their results documents."""
+    documents = []
+    environment = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    if threads != "default":
+        environment["OMP_NUM_THREADS"] = threads
+    with tempfile.TemporaryDirectory(prefix="energy-false-alarms-") as name:
         directory = Path(name)
-        train_units, infer_units = UNITS.get(meter, DEFAULT_UNITS)
-        (directory / "test_a_a.py").write_text(
-            WORKLOAD.format(train_units=train_units, infer_units=infer_units, threads=args.threads)
+        (directory / "test_cnn.py").write_text(
+            WORKLOAD.format(scales=repr(list(SCALES)), steps=args.steps)
         )
-        command = pytest_command(directory, meter, args)
-        run_pytest([*command, "--energy-save"], directory)
-        failed, stale, changes = 0, 0, {"TEC": [], "IEC": [], "E": []}
-        for index in range(args.runs):
-            returncode, document = run_pytest(command, directory)
-            comparison = document["comparison"]
-            failed += returncode == 1
-            stale += comparison["counts"]["improved"] > 0
-            for test in comparison["tests"]:
-                for meter_view in test["meters"]:
-                    for quantity in meter_view["quantities"]:
-                        label = {"tec": "TEC", "iec": "IEC", "full_cycle": "E"}.get(
-                            quantity["quantity"]
-                        )
-                        if label and quantity["change_percent"] is not None:
-                            changes[label].append(quantity["change_percent"])
+        for index in range(args.sessions):
+            results = directory / "results.json"
+            started = time.monotonic()
+            completed = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    str(directory),
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "--rootdir",
+                    str(directory),
+                    "--energy",
+                    "--energy-meter",
+                    args.meter,
+                    "--energy-rounds",
+                    str(args.rounds),
+                    "--energy-baselines",
+                    str(directory / "none"),
+                    "--energy-json",
+                    str(results),
+                ],
+                cwd=directory,
+                env=environment,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if completed.returncode != 0:
+                raise SystemExit(f"session failed ({completed.returncode}):\n{completed.stdout}")
+            documents.append(json.loads(results.read_text()))
             print(
-                f"  {meter} run {index + 1}/{args.runs}: exit {returncode}, {test['verdict']}",
+                f"  threads {threads}: session {index + 1}/{args.sessions} "
+                f"({time.monotonic() - started:.1f} s)",
                 flush=True,
             )
+    return documents
+
+
+def _record(document: Mapping[str, Any], scale: str, meter: str) -> dict[str, Any]:
+    return dict(document["tests"][f"test_cnn.py::test_cnn[{scale}]"])
+
+
+def _recorded(
+    records: Sequence[Mapping[str, Any]], meter: str, versions: Mapping[str, Any]
+) -> Recorded:
+    """The last record, holding every record's figures as its sessions."""
+    last = dict(records[-1])
+    last["sessions"] = [
+        session_item(record["meters"][meter], record["usage"], {}) for record in records
+    ]
+    kind = last["meters"][meter]["kind"]
+    profile = make_profile(meter, kind, {"cpu_model": "this machine", "cpu_threads": 0})
+    return Recorded(last, Provenance(source="stream", profile=profile, versions=versions))
+
+
+def _judge(base: Recorded, head: Recorded, meter: str, paired: bool) -> dict[str, Any]:
+    compared = compare_meter(meter, head, base, gating=True, paired=paired)
+    figures = {q.quantity: q for q in compared.quantities}
     return {
-        "meter": meter,
-        "runs": args.runs,
-        "false_alarms": failed,
-        "stale_improvements": stale,
-        "largest_change_percent": {
-            label: max(values, key=abs) if values else None for label, values in changes.items()
-        },
+        "verdict": compared.verdict,
+        "detectable_tec": figures["tec"].detectable_percent,
+        "detectable_iec": figures["iec"].detectable_percent,
+        "change_tec": figures["tec"].change_percent,
+        "change_iec": figures["iec"].change_percent,
     }
+
+
+def history_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> dict:
+    versions = documents[0]["machine"]["versions"]
+    runs: dict[str, list[dict[str, Any]]] = {scale: [] for scale in SCALES}
+    for index in range(args.keep, len(documents)):
+        window = [_record(document, "1.00", args.meter) for document in documents[:index]]
+        base = _recorded(window[-args.keep :], args.meter, versions)
+        for scale in SCALES:
+            head = _recorded([_record(documents[index], scale, args.meter)], args.meter, versions)
+            runs[scale].append(_judge(base, head, args.meter, paired=False))
+    return {"runs": runs, "how": f"baseline of {args.keep} sessions, windows sliding"}
+
+
+def ab_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> dict:
+    versions = documents[0]["machine"]["versions"]
+    sides = random.Random(args.seed)
+    pairs = []
+    for index in range(0, len(documents) - 1, 2):
+        first, second = documents[index], documents[index + 1]
+        pairs.append((first, second) if sides.random() < 0.5 else (second, first))
+    groups = len(pairs) // args.pairs
+    if groups >= args.min_ab_runs:
+        starts, how = [args.pairs * g for g in range(groups)], "disjoint groups of pairs"
+    else:
+        starts = list(range(len(pairs) - args.pairs + 1))
+        how = "sliding windows of pairs (overlapping: not independent runs)"
+    runs: dict[str, list[dict[str, Any]]] = {scale: [] for scale in SCALES}
+    for start in starts:
+        chosen = pairs[start : start + args.pairs]
+        base = _recorded([_record(b, "1.00", args.meter) for b, _ in chosen], args.meter, versions)
+        for scale in SCALES:
+            head = _recorded(
+                [_record(h, scale, args.meter) for _, h in chosen], args.meter, versions
+            )
+            runs[scale].append(_judge(base, head, args.meter, paired=True))
+    return {"runs": runs, "how": f"{args.pairs} pairs per run, {how}, {len(pairs)} pairs"}
+
+
+def _summary(threads: str, mode: str, result: Mapping[str, Any]) -> list[Any]:
+    runs = result["runs"]
+    a_a = runs["1.00"]
+
+    def caught(scale: str) -> str:
+        hits = sum(run["verdict"] == "regressed" for run in runs[scale])
+        return f"{hits} / {len(runs[scale])}"
+
+    def median(key: str) -> str:
+        values = [run[key] for run in a_a if run[key] is not None]
+        return f"{statistics.median(values):.0f} %" if values else "—"
+
+    def largest(key: str) -> str:
+        values = [abs(run[key]) for run in a_a if run[key] is not None]
+        return f"{max(values):.0f} %" if values else "—"
+
+    alarms = sum(run["verdict"] == "regressed" for run in a_a)
+    return [
+        threads,
+        mode,
+        f"{alarms} / {len(a_a)}",
+        caught("1.10"),
+        caught("1.25"),
+        median("detectable_tec"),
+        median("detectable_iec"),
+        largest("change_tec"),
+        largest("change_iec"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.false_alarms", description=__doc__)
-    parser.add_argument("--runs", type=int, default=10, help="A/A reruns per meter (default 10)")
-    parser.add_argument(
-        "--meters",
-        default="cputime,counted",
-        help="comma list of meters, one A/A loop each (default cputime,counted)",
-    )
-    parser.add_argument("--rounds", type=int, default=5, help="inference rounds (default 5)")
-    parser.add_argument(
-        "--train-rounds", type=int, default=1, help="runs of the body for training noise"
-    )
-    parser.add_argument("--tolerance", default="5%", help="tolerance (default 5%%)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="significance (default 0.01)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads in the workload (default 1; 0: torch's default, whose idle "
-        "OpenMP workers spin and are charged by cputime on a busy machine)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
+    parser.add_argument("--sessions", type=int, default=25, help="sessions per thread setting")
+    parser.add_argument("--threads", default="default,1", help="comma list: default and/or N")
+    parser.add_argument("--meter", default="cputime", help="the noisy meter (default cputime)")
+    parser.add_argument("--keep", type=int, default=5, help="baseline sessions (history mode)")
+    parser.add_argument("--pairs", type=int, default=5, help="pairs per A/B run")
+    parser.add_argument("--min-ab-runs", type=int, default=20, help="disjoint A/B runs wanted")
+    parser.add_argument("--rounds", type=int, default=5, help="inference rounds per session")
+    parser.add_argument("--steps", type=int, default=8, help="SGD steps at scale 1.00")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the A/B sides")
+    parser.add_argument("--json", metavar="PATH", help="also write every verdict as JSON")
     args = parser.parse_args(argv)
-    os.environ.pop("PYTEST_ADDOPTS", None)
-    summaries = [a_a_runs(meter.strip(), args) for meter in args.meters.split(",") if meter]
+    rows, everything, torch = [], {}, "?"
+    for threads in [part.strip() for part in args.threads.split(",") if part.strip()]:
+        documents = run_stream(threads, args)
+        torch = documents[0]["machine"]["versions"].get("torch") or "?"
+        for mode, judge in (("history", history_runs), ("A/B", ab_runs)):
+            result = judge(documents, args)
+            everything[f"{threads}/{mode}"] = result
+            rows.append(_summary(threads, mode, result))
+            print(f"  threads {threads}, {mode}: {result['how']}", flush=True)
     print()
     print(
         tabulate(
-            [
-                [
-                    s["meter"],
-                    f"{s['false_alarms']} / {s['runs']}",
-                    s["stale_improvements"],
-                    *(
-                        "—" if value is None else f"{value:+.1f} %"
-                        for value in s["largest_change_percent"].values()
-                    ),
-                ]
-                for s in summaries
+            rows,
+            headers=[
+                "threads",
+                "mode",
+                "A/A false alarms",
+                "+10 % caught",
+                "+25 % caught",
+                "MDC TEC (median)",
+                "MDC IEC (median)",
+                "max A/A |ΔTEC|",
+                "max A/A |ΔIEC|",
             ],
-            headers=["meter", "false alarms", "'improved'", "max |ΔTEC|", "max |ΔIEC|", "max |ΔE|"],
         )
     )
     print(
-        f"\ntolerance {args.tolerance}, α = {args.alpha:g}, {args.rounds} inference rounds, "
-        f"{args.train_rounds} train round(s), {args.threads or 'default'} torch thread(s); "
-        f"a false alarm is a run the gate failed"
+        f"\n{args.meter}, {args.sessions} pytest sessions per thread setting, tolerance 5 %, "
+        f"α = 0.01 each side, {args.rounds} inference rounds, {args.steps} SGD steps; "
+        f"torch {torch}, {os.cpu_count()} CPU threads; history: {args.keep} baseline "
+        f"sessions; A/B: {args.pairs} pairs"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(summaries, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(everything, indent=2) + "\n")
     return 0
 
 

@@ -10,6 +10,8 @@ from tabulate import tabulate
 
 from pytest_energy.errors import EnergyError
 from pytest_energy.gate.cli import add_compare_command
+from pytest_energy.gate.runs import add_run_commands
+from pytest_energy.gate.store import refuse_overwriting_inputs
 from pytest_energy.meters import MeterOptions, probe_meters
 
 
@@ -22,6 +24,22 @@ def command_meters(args: argparse.Namespace) -> int:
     ]
     print(tabulate(rows, headers=["meter", "kind", "works here", "why not"]))
     return 0
+
+
+def _report_gate(results_path: str, spec: str | None) -> list[str] | None:
+    """``--gate`` checked against the meters of the results file: a misspelt name is an error."""
+    if spec is None:
+        return None
+    from pytest_energy.gate.plugin import parse_gate
+    from pytest_energy.gate.store import read_json, validate_results
+
+    results = validate_results(read_json(results_path, "results file"), results_path)
+    kinds = {
+        meter: str(view.get("kind"))
+        for record in results["tests"].values()
+        for meter, view in record["meters"].items()
+    }
+    return parse_gate(spec, kinds, "--gate")
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -37,7 +55,11 @@ def command_report(args: argparse.Namespace) -> int:
         pue=args.pue,
         reference=args.reference,
     )
-    gate = [name.strip() for name in args.gate.split(",") if name.strip()] if args.gate else None
+    refuse_overwriting_inputs(
+        {"--markdown": settings.markdown, "--plot": settings.plot},
+        [args.results, *(args.baseline or [])],
+    )
+    gate = _report_gate(args.results, args.gate)
     report, _comparison = report_from_files(args.results, args.baseline, settings, gate)
     if settings.markdown is not None:
         print(f"markdown written to {write_markdown(report, settings.markdown)}", file=sys.stderr)
@@ -109,12 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=command_report)
     add_compare_command(commands)
+    add_run_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:  # `pytest-energy ab main -- tests/ -k fast`: the rest goes to pytest
+        split = argv.index("--")
+        argv, passthrough = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     try:
         return args.handler(args)
     except EnergyError as error:

@@ -84,3 +84,25 @@ def snapshot(**tests: Recorded) -> dict[str, dict[str, Recorded]]:
         f"test_x.py::{name}": {next(iter(value.record["meters"])): value}
         for name, value in tests.items()
     }
+
+
+def with_history(
+    test_record: Mapping[str, Any],
+    tecs: Sequence[float],
+    iecs: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """A noisy meter's baseline entry holding one session per TEC (IEC: the record's)."""
+    view = next(iter(test_record["meters"].values()))
+    iec = view.get("iec_joules_per_sample")
+    iecs = list(iecs) if iecs is not None else [iec] * len(tecs)
+    sessions = [
+        {
+            "tec_joules": tec,
+            "iec_joules_per_sample": session_iec,
+            "e_mui_joules": {},
+            "inference_joules_per_sample": [] if session_iec is None else [session_iec],
+            "provenance": {"commit": f"c{index}", "versions": {"torch": "2.15.0"}},
+        }
+        for index, (tec, session_iec) in enumerate(zip(tecs, iecs, strict=True))
+    ]
+    return {**test_record, "sessions": sessions}

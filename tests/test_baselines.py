@@ -15,6 +15,7 @@ from pytest_energy.config import Tolerance, parse_tolerance
 from pytest_energy.errors import BaselineError, ConfigError
 from pytest_energy.gate import store as baselines
 from pytest_energy.gate.profiles import gpu_fingerprint, make_profile, profile_name
+from pytest_energy.gate.sessions import entry_sessions
 from pytest_energy.gate.store import (
     BASELINE_SCHEMA,
     baseline_document,
@@ -356,3 +357,98 @@ def test_saved_files_are_readable_like_any_committed_file(tmp_path):
     path.chmod(0o664)
     save_baseline(tmp_path, COUNTED, {"t.py::test_a": entry(1.0)})
     assert path.stat().st_mode & 0o777 == 0o664
+
+
+# --- session histories of noisy meters --------------------------------------------------------
+
+
+def _append_sessions(directory, worker):
+    for index in range(4):
+        tec = 100.0 + 10 * worker + index
+        save_baseline(directory, CPUTIME, {"t.py::test_a": entry(tec, "cputime")}, keep_sessions=8)
+
+
+def test_concurrent_saves_append_every_session_and_trim_to_keep(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_sessions, args=(tmp_path, w)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    tests = load_baseline(tmp_path / f"{CPUTIME.name}.json", CPUTIME).tests
+    sessions = entry_sessions(tests["t.py::test_a"])
+    assert len(sessions) == 8  # 12 saved, the oldest 4 trimmed
+    saved_tecs = {100.0 + 10 * worker + index for worker in range(3) for index in range(4)}
+    assert {session["tec_joules"] for session in sessions} <= saved_tecs
+    for worker in range(3):  # each worker's own sessions stay in the order it saved them
+        own = [
+            s["tec_joules"]
+            for s in sessions
+            if 100 + 10 * worker <= s["tec_joules"] < 110 + 10 * worker
+        ]
+        assert own == sorted(own)
+
+
+def test_an_old_single_session_baseline_loads_and_becomes_the_first_session(tmp_path):
+    old = entry(80.0, "cputime")
+    del old["sessions"]  # written before sessions existed
+    path = write_baseline(tmp_path, CPUTIME, test_a=old)
+    (only,) = entry_sessions(load_baseline(path, CPUTIME).tests["t.py::test_a"], "cputime")
+    assert only["tec_joules"] == 80.0
+    assert only["provenance"]["commit"] == "abc123"
+    assert only["provenance"]["time"] == PROVENANCE["date"]
+    save_baseline(tmp_path, CPUTIME, {"t.py::test_a": entry(90.0, "cputime")})
+    sessions = entry_sessions(load_baseline(path, CPUTIME).tests["t.py::test_a"])
+    assert [session["tec_joules"] for session in sessions] == [80.0, 90.0]
+
+
+def test_sessions_of_another_torch_start_a_new_history(tmp_path):
+    save_baseline(tmp_path, CPUTIME, {"t.py::test_a": entry(80.0, "cputime")})
+    newer = baseline_entry(
+        record("cputime", tec=90.0), "cputime", {**PROVENANCE, "versions": {"torch": "3"}}, {}
+    )
+    save_baseline(tmp_path, CPUTIME, {"t.py::test_a": newer})
+    tests = load_baseline(tmp_path / f"{CPUTIME.name}.json", CPUTIME).tests
+    assert [s["tec_joules"] for s in entry_sessions(tests["t.py::test_a"])] == [90.0]
+
+
+def test_counted_entries_keep_no_sessions(tmp_path):
+    assert "sessions" not in entry()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("tec_joules", "lots", "sessions[1].tec_joules: expected a number"),
+        ("tec_joules", -5.0, "sessions[1].tec_joules: expected energy ≥ 0 J"),
+        ("iec_joules_per_sample", -1e-6, "sessions[1].iec_joules_per_sample: expected energy ≥ 0"),
+        ("inference_joules_per_sample", [1.0, None], "inference_joules_per_sample[1]"),
+    ],
+)
+def test_a_history_with_one_corrupt_session_is_named_and_left_untouched(
+    tmp_path, field, value, message
+):
+    good = entry(100.0, "cputime")
+    good["sessions"] = good["sessions"] * 3
+    good["sessions"][1] = {**good["sessions"][1], field: value}
+    path = write_baseline(tmp_path, CPUTIME, test_a=good)
+    before = path.read_bytes()
+    with pytest.raises(BaselineError) as error:
+        load_baseline(path, CPUTIME)
+    assert str(error.value).startswith(str(path))
+    assert message in str(error.value)
+    with pytest.raises(BaselineError):
+        save_baseline(tmp_path, CPUTIME, {"t.py::test_a": entry(1.0, "cputime")})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("field", ["tec_joules", "iec_joules_per_sample"])
+def test_negative_energy_in_a_baseline_is_refused_with_the_file_named(tmp_path, field):
+    bad = entry()
+    bad["meters"]["counted"][field] = -5.0
+    path = write_baseline(tmp_path, COUNTED, test_a=bad)
+    with pytest.raises(BaselineError) as error:
+        load_baseline(path, COUNTED)
+    assert str(error.value).startswith(str(path))
+    assert f"meters['counted'].{field}: expected energy ≥ 0 J" in str(error.value)

@@ -155,10 +155,16 @@ def steady_cpu(monkeypatch):
     monkeypatch.setenv("STEADY_CPU_CLOCK", "1")
 
 
+def save_sessions(pytester, monkeypatch, meter, *args):
+    """Record a baseline as a user should: three sessions of a noisy meter, one of counted."""
+    for _ in range(1 if meter == "counted" else 3):
+        assert run(pytester, monkeypatch, 1, *energy_args(meter, "--energy-save"), *args).ret == 0
+
+
 @pytest.mark.parametrize("meter", ["counted", "cputime"])
 def test_20_percent_more_work_is_caught(workload, monkeypatch, steady_cpu, meter):
     pytester = workload(meter)
-    assert run(pytester, monkeypatch, 1, *energy_args(meter, "--energy-save")).ret == 0
+    save_sessions(pytester, monkeypatch, meter)
     result = run(pytester, monkeypatch, 1.2, *energy_args(meter))
     result.assert_outcomes(passed=1)  # the test itself passed ...
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # ... the energy gate failed the run
@@ -172,15 +178,15 @@ def test_20_percent_more_work_is_caught(workload, monkeypatch, steady_cpu, meter
         ]
     )
     result.stdout.fnmatch_lines(["    IEC +*%*"])
+    if meter == "cputime":
+        result.stdout.fnmatch_lines(["    3 baseline sessions: could detect TEC ≥ * %, IEC ≥ * %"])
 
 
 @pytest.mark.parametrize("meter", ["counted", "cputime"])
 def test_2_percent_more_work_is_not_flagged_at_5_percent(workload, monkeypatch, steady_cpu, meter):
-    # Training runs once per test; --energy-train-rounds 3 records its noise with the baseline.
     pytester = workload(meter)
-    args = energy_args(meter, "--energy-train-rounds", "3")
-    assert run(pytester, monkeypatch, 1, *args, "--energy-save").ret == 0
-    result = run(pytester, monkeypatch, 1.02, *args)
+    save_sessions(pytester, monkeypatch, meter)
+    result = run(pytester, monkeypatch, 1.02, *energy_args(meter))
     assert result.ret == 0, result.stdout.str()
     result.stdout.no_fnmatch_line("REGRESSED*")
 
@@ -426,13 +432,41 @@ def test_xdist_workers_produce_the_baseline_a_serial_run_does(pytester):
         assert set(parallel_cputime[nodeid]["meters"]["cputime"]) == set(entry["meters"]["cputime"])
 
 
-def test_too_few_rounds_for_a_noisy_gate_are_flagged_before_the_tests_run(workload):
-    result = workload("cputime").runpytest(
-        "--energy", "--energy-meter", "cputime", "--energy-rounds", "3"
-    )
-    result.stdout.fnmatch_lines(
+def test_sessions_accumulate_up_to_keep_and_too_few_are_flagged(workload, monkeypatch):
+    pytester = workload("cputime")
+    first = run(pytester, monkeypatch, 1, *energy_args("cputime", "--energy-save"))
+    assert first.ret == 0
+    again = run(pytester, monkeypatch, 1, *energy_args("cputime"))
+    again.stdout.fnmatch_lines(
         [
-            "energy: warning: cputime gates, but with 3 inference rounds a side no rise can be "
-            "significant at α = 0.01 (smallest p 0.05): use --energy-rounds 5 or more"
+            "energy: warning: cputime gates, but baselines/cputime-*.json holds only 1 "
+            "session(s) of some tests: *no change can be significant*",
+            "unchanged test_workload.py::test_method [[]cputime[]] vs baselines/cputime-*.json",
+            "    1 baseline sessions: too few to judge the noise between sessions",
         ]
     )
+    for _ in range(3):
+        run(
+            pytester,
+            monkeypatch,
+            1,
+            *energy_args("cputime", "--energy-save", "--energy-keep-sessions", "3"),
+        )
+    (path,) = (pytester.path / "baselines").glob("cputime-*.json")
+    sessions = json.loads(path.read_text())["tests"][NODEID]["sessions"]
+    assert len(sessions) == 3
+    provenance = sessions[-1]["provenance"]
+    assert {"commit", "branch", "time", "dirty", "versions", "machine"} <= set(provenance)
+    assert provenance["versions"]["torch"]
+
+
+@pytest.mark.parametrize("flag", ["--energy-json", "--energy-markdown"])
+def test_an_output_pointed_at_a_baseline_is_refused_before_the_run(workload, monkeypatch, flag):
+    pytester = workload("counted")
+    assert run(pytester, monkeypatch, 1, *energy_args("counted", "--energy-save")).ret == 0
+    path = pytester.path / "baselines" / "counted.json"
+    before = path.read_bytes()
+    result = run(pytester, monkeypatch, 1, *energy_args("counted", flag, str(path)))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{flag} *counted.json: is *an output never replaces*"])
+    assert path.read_bytes() == before

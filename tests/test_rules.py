@@ -1,27 +1,29 @@
-"""The regression decision for one quantity: exact, rounds (Mann–Whitney) and single+noise."""
+"""The regression decision for one quantity: exact (counted) and the session rules (noisy)."""
+
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_energy.gate.rules import (
+    MIN_SESSIONS,
+    history_detectable,
     judge_exact,
-    judge_full_cycle,
-    judge_rounds,
-    judge_single,
-    mann_whitney_p,
+    judge_history,
+    judge_paired,
     relative_change,
-    relative_spread,
-    smallest_p_value,
 )
 
-QUIET = [1.00, 1.01, 0.99, 1.02, 0.98]
+# Eight sessions of one test on a shared machine: about ±5 % between sessions.
+HISTORY = [1.00, 1.04, 0.97, 1.02, 0.95, 1.05, 0.99, 1.01]
+figures = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
-def test_relative_change_and_spread():
+def test_relative_change():
     assert relative_change(120.0, 100.0) == pytest.approx(0.2)
     assert relative_change(0.0, 0.0) == 0.0
     assert relative_change(1.0, 0.0) is None
-    assert relative_spread([9.0, 10.0, 11.0]) == pytest.approx(0.2)
-    assert relative_spread([10.0]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -37,71 +39,86 @@ def test_exact_rule_ignores_float_summation_noise_at_zero_tolerance():
     assert judge_exact(1.001, 1.0, 0.0).verdict == "regressed"
 
 
-def test_rounds_rule_needs_a_rise_beyond_tolerance_and_significance():
-    raised = [value * 1.2 for value in QUIET]
-    decision = judge_rounds(raised, QUIET, tolerance=0.05, alpha=0.01)
+def test_a_session_far_above_the_history_regresses_and_says_what_it_could_detect():
+    decision = judge_history(1.5, HISTORY, tolerance=0.05, alpha=0.01)
     assert decision.verdict == "regressed"
-    assert decision.change == pytest.approx(0.2)
-    assert decision.p_value < 0.01
+    assert decision.change == pytest.approx(0.5, abs=0.01)
+    assert decision.sessions == len(HISTORY)
+    low, high = decision.interval
+    assert 0.05 < low < 0.5 < high
+    # t(0.99, 7) = 3.00, spread 3.4 %, sqrt(1 + 1/8): about 10.8 % of noise on top of 5 %.
+    assert decision.detectable == pytest.approx(0.17, abs=0.01)
 
 
-def test_rounds_rule_does_not_flag_one_noisy_round():
-    noisy = [1.0, 1.0, 3.0, 1.01, 0.99]
-    assert judge_rounds(noisy, QUIET, tolerance=0.05).verdict == "unchanged"
-
-
-def test_rounds_rule_does_not_flag_overlapping_rounds_even_beyond_tolerance():
-    overlapping = [0.9, 1.3, 1.0, 1.25, 1.1]
-    decision = judge_rounds(overlapping, QUIET, tolerance=0.05, alpha=0.01)
-    assert decision.change > 0.05
+def test_a_session_within_the_spread_between_sessions_is_unchanged():
+    decision = judge_history(1.10, HISTORY, tolerance=0.05, alpha=0.01)
     assert decision.verdict == "unchanged"
-    assert "within noise" in decision.note
+    assert "within noise; could detect ≥ 17 % (8 baseline sessions)" in decision.note
+    assert judge_history(1.03, HISTORY, 0.05).note.startswith("within tolerance")
 
 
-def test_rounds_rule_says_when_too_few_rounds_can_never_be_significant():
-    assert smallest_p_value(3, 3) == pytest.approx(0.05)
-    assert smallest_p_value(5, 5) == pytest.approx(1 / 252)
-    decision = judge_rounds([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], tolerance=0.05, alpha=0.01)
+def test_a_drop_beyond_noise_and_tolerance_is_an_improvement():
+    assert judge_history(0.6, HISTORY, 0.05).verdict == "improved"
+
+
+def test_noise_wider_than_the_tolerance_is_said():
+    noisy = [1.0, 1.4, 0.7, 1.2, 0.8]
+    decision = judge_history(1.0, noisy, tolerance=0.05)
+    assert decision.noise_hides_tolerance
+    assert decision.detectable > 1.0
+    assert not judge_history(1.0, HISTORY, tolerance=0.20).noise_hides_tolerance
+
+
+@pytest.mark.parametrize("count", range(1, MIN_SESSIONS))
+def test_too_few_sessions_claim_no_significance(count):
+    decision = judge_history(100.0, [1.0] * count, tolerance=0.05)
     assert decision.verdict == "unchanged"
-    assert "cannot be significant" in decision.note and "--energy-rounds" in decision.note
+    assert decision.detectable is None
+    assert f"cannot judge: {count} baseline session(s)" in decision.note
+    assert history_detectable([1.0] * count, 0.05) is None
+    paired = judge_paired([100.0] * count, [1.0] * count, 0.05)
+    assert paired.verdict == "unchanged" and "cannot judge" in paired.note
 
 
-def test_rounds_rule_finds_improvements_too():
-    assert judge_rounds([v * 0.8 for v in QUIET], QUIET, 0.05).verdict == "improved"
+def test_pairs_cancel_the_drift_both_sides_share():
+    # The machine drifts ±30 % between pairs; head is always 25 % above base within a pair.
+    base = [1.0, 1.3, 0.7, 1.1, 0.9]
+    head = [
+        value * 1.25 * jitter
+        for value, jitter in zip(base, [1.01, 0.99, 1.0, 1.02, 0.98], strict=True)
+    ]
+    decision = judge_paired(head, base, tolerance=0.05, alpha=0.01)
+    assert decision.verdict == "regressed"
+    assert decision.change == pytest.approx(0.25, abs=0.01)
+    assert decision.detectable < 0.10
+    # The same figures as a history would drown in the drift.
+    assert judge_history(head[-1], base, 0.05).verdict == "unchanged"
 
 
-def test_mann_whitney_of_identical_samples_is_one():
-    assert mann_whitney_p([1.0, 1.0], [1.0, 1.0], "greater") == 1.0
+@given(st.lists(figures, min_size=1, max_size=12), st.floats(0.0, 0.5))
+def test_identical_sessions_are_never_significant(values, tolerance):
+    assert judge_paired(values, values, tolerance).verdict == "unchanged"
+    history = values * 3
+    assert judge_history(math.exp(sum(map(math.log, history)) / len(history)), history, tolerance)
+    assert judge_history(values[0], [values[0]] * 5, tolerance).verdict == "unchanged"
 
 
-def test_single_measurement_is_judged_against_tolerance_plus_training_noise():
-    assert judge_single(108.0, 100.0, tolerance=0.05, noise=0.0).verdict == "regressed"
-    decision = judge_single(108.0, 100.0, tolerance=0.05, noise=0.10)
-    assert decision.verdict == "unchanged"
-    assert "training noise" in decision.note
-    assert judge_single(116.0, 100.0, tolerance=0.05, noise=0.10).verdict == "regressed"
+@given(
+    st.lists(st.tuples(figures, figures), min_size=1, max_size=10),
+    st.floats(0.0, 0.5),
+    st.sampled_from([0.01, 0.05, 0.1]),
+)
+def test_swapping_a_and_b_swaps_regressed_and_improved(pairs, tolerance, alpha):
+    head = [pair[0] for pair in pairs]
+    base = [pair[1] for pair in pairs]
+    forward = judge_paired(head, base, tolerance, alpha).verdict
+    backward = judge_paired(base, head, tolerance, alpha).verdict
+    swapped = {"regressed": "improved", "improved": "regressed", "unchanged": "unchanged"}
+    assert backward == swapped[forward]
 
 
-def test_full_cycle_counts_only_the_change_that_beats_the_noise():
-    common = {"iec_current": QUIET, "iec_baseline": QUIET, "usage": 10, "tolerance": 0.05}
-    # training +8 % inside a 10 % noise band: E(MUI=10) rises, but not beyond noise
-    within = judge_full_cycle(tec_current=1080.0, tec_baseline=1000.0, train_noise=0.10, **common)
-    assert within.change > 0.05
-    assert within.verdict == "unchanged"
-    # the same rise with no recorded noise is a regression
-    beyond = judge_full_cycle(tec_current=1080.0, tec_baseline=1000.0, train_noise=0.0, **common)
-    assert beyond.verdict == "regressed"
-
-
-def test_full_cycle_inference_part_counts_when_the_rounds_differ_significantly():
-    raised = [value * 1.2 for value in QUIET]
-    common = {"tec_current": 1.0, "tec_baseline": 1.0, "train_noise": 0.0, "tolerance": 0.05}
-    assert (
-        judge_full_cycle(iec_current=raised, iec_baseline=QUIET, usage=1e6, **common).verdict
-        == "regressed"
-    )
-    overlapping = [0.9, 1.3, 1.0, 1.25, 1.1]
-    assert (
-        judge_full_cycle(iec_current=overlapping, iec_baseline=QUIET, usage=1e6, **common).verdict
-        == "unchanged"
-    )
+def test_bad_figures_are_refused():
+    with pytest.raises(ValueError, match="finite and > 0"):
+        judge_history(1.0, [1.0, -1.0, 1.0], 0.05)
+    with pytest.raises(ValueError, match="2 head figures but 3 base"):
+        judge_paired([1.0, 1.0], [1.0, 1.0, 1.0], 0.05)

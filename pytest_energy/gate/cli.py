@@ -17,7 +17,7 @@ from pytest_energy.errors import BaselineError
 from pytest_energy.gate.compare import ComparisonReport, compare_snapshots, summary_lines
 from pytest_energy.gate.plugin import parse_alpha, parse_gate
 from pytest_energy.gate.rules import DEFAULT_ALPHA
-from pytest_energy.gate.store import load_snapshot
+from pytest_energy.gate.store import load_snapshot, refuse_overwriting_inputs
 from pytest_energy.results import write_json_atomic
 
 
@@ -97,6 +97,7 @@ def comparison_table(report: ComparisonReport) -> str:
 
 def command_compare(args: argparse.Namespace) -> int:
     """Print the comparison of OLD and NEW; 1 with ``--fail`` when something regressed."""
+    refuse_overwriting_inputs({"--json": args.json}, [args.old, args.new])
     old = load_snapshot(args.old)
     new = load_snapshot(args.new)
     tolerance = parse_tolerance(args.tolerance, "--tolerance") if args.tolerance else None

@@ -11,21 +11,27 @@ The result is a small tree that reports render (terminal, markdown, PR comments)
           .quantities: [QuantityComparison]
               quantity  tec | iec | full_cycle | greenness
               usage     MUI for full_cycle and greenness, else None
-              baseline, current, change_percent, tolerance_percent, verdict, p_value, note
+              baseline, current, change_percent, tolerance_percent, verdict, note,
+              detectable_percent, interval_percent, sessions   (noisy meters)
       .not_run: [node ids]                 in the baseline, not in this run
       .gate, .alpha                        the meters that gate, the significance level
 
 Verdicts: ``regressed`` and ``improved`` (beyond tolerance and, for noisy meters, beyond
-noise: see ``pytest_energy.gate.rules``), ``unchanged``, ``new`` (no baseline to compare with) and
-``incomparable`` (a baseline exists but must not be trusted: another CPU or GPU, another
-wattage or energy table; ``reason`` says which). Greenness G(MUI) is reported with its change
-but has no verdict of its own: it also moves with accuracy, which is not an energy regression.
+the noise between sessions: see ``pytest_energy.gate.rules``), ``unchanged``, ``new`` (no
+baseline to compare with) and ``incomparable`` (a baseline exists but must not be trusted:
+another CPU or GPU, another wattage or energy table; ``reason`` says which). Greenness G(MUI)
+is reported with its change but has no verdict of its own: it also moves with accuracy, which
+is not an energy regression.
 
-A baseline recorded with **another torch version** is compared and its verdict stands, with a
-warning on the meter. A framework upgrade is exactly the kind of change whose energy cost CI
-should catch; refusing to compare would switch the gate off on every upgrade until someone
-refreshed the baselines, and the warning tells the reader where a regression may come from.
-Another GPU or CPU is different: those figures were never about the same thing.
+Noisy meters (``measured``, ``estimated``) are judged on sessions (``rules.judge_history``
+against the baseline's last sessions, or ``rules.judge_paired`` on A/B pairs), and every such
+verdict carries the smallest change it could have detected.
+
+A baseline recorded with **another torch or torchvision version**: for ``counted`` it is
+compared and its verdict stands, with a warning (the count changes only when the operators run
+change, which is exactly what CI should catch). For noisy meters it is ``incomparable``: a new
+library build moves timing and energy by more than the tolerance on its own, and the session
+history no longer describes the code under test. Another GPU or CPU is never comparable.
 """
 
 from __future__ import annotations
@@ -42,15 +48,16 @@ from pytest_energy.gate.profiles import Profile, hardware_difference
 from pytest_energy.gate.rules import (
     DEFAULT_ALPHA,
     Decision,
+    geometric_mean,
     judge_exact,
-    judge_full_cycle,
-    judge_rounds,
-    judge_single,
-    relative_spread,
+    judge_history,
+    judge_paired,
 )
-from pytest_energy.lifecycle import greenness
+from pytest_energy.gate.sessions import VERSIONED_LIBRARIES, entry_sessions, session_figure
+from pytest_energy.lifecycle import full_cycle_joules, greenness
 from pytest_energy.report.units import format_joules, format_usage
 
+Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
 VERDICTS: tuple[Verdict, ...] = ("regressed", "improved", "unchanged", "new", "incomparable")
 TEST_VERDICT_ORDER: tuple[Verdict, ...] = (
@@ -120,8 +127,11 @@ class QuantityComparison:
     change_percent: float | None
     tolerance_percent: float | None
     verdict: Verdict | None
-    p_value: float | None = None
     note: str = ""
+    detectable_percent: float | None = None
+    interval_percent: tuple[float, float] | None = None
+    sessions: int | None = None
+    noise_hides_tolerance: bool = False
 
     @property
     def label(self) -> str:
@@ -138,8 +148,12 @@ class QuantityComparison:
         tolerance = (
             "" if self.tolerance_percent is None else f", tolerance {self.tolerance_percent:g} %"
         )
-        p_value = "" if self.p_value is None else f", p = {self.p_value:.2g}"
-        return f"{self.label} {change} ({figures}{tolerance}{p_value})"
+        detectable = (
+            ""
+            if self.detectable_percent is None
+            else f", could detect ≥ {self.detectable_percent:.0f} %"
+        )
+        return f"{self.label} {change} ({figures}{tolerance}{detectable})"
 
 
 @dataclass(frozen=True)
@@ -150,11 +164,13 @@ class MeterComparison:
         meter, kind: the meter and its kind (``measured``, ``estimated``, ``counted``).
         gating: whether this meter's verdict decides the exit status.
         verdict: see the module docstring.
-        rule: ``exact`` (counted) or ``noisy`` (rounds and training noise).
+        rule: ``exact`` (counted), ``history`` (this session against the baseline's
+            sessions) or ``pairs`` (A/B pairs of sessions).
         reason: why the verdict is ``new`` or ``incomparable`` (empty otherwise).
         warnings: things the reader should know, e.g. another torch version.
         baseline_source: the baseline file compared against (``None`` for ``new``).
-        train_noise_percent: the training noise band used for TEC (noisy rule), in percent.
+        detection: for noisy rules, what the comparison could see, e.g. "8 baseline
+            sessions: could detect TEC ≥ 12 %, IEC ≥ 31 %; noise hides the 5 % tolerance".
         quantities: TEC, IEC, then E(MUI) and G(MUI) per usage.
     """
 
@@ -162,11 +178,11 @@ class MeterComparison:
     kind: str
     gating: bool
     verdict: Verdict
-    rule: Literal["exact", "noisy"]
+    rule: Rule
     reason: str = ""
     warnings: tuple[str, ...] = ()
     baseline_source: str | None = None
-    train_noise_percent: float | None = None
+    detection: str = ""
     quantities: tuple[QuantityComparison, ...] = ()
 
     def judged(self, verdict: Verdict) -> list[QuantityComparison]:
@@ -197,6 +213,8 @@ class ComparisonReport:
     gate: tuple[str, ...]
     alpha: float
     not_run: tuple[str, ...] = ()
+    provenance: str = ""
+    """How the two sides were obtained, e.g. "A/B, 5 pairs" (empty: a run against baselines)."""
 
     def with_verdict(self, verdict: Verdict) -> list[TestComparison]:
         """Tests whose (gating) verdict is ``verdict``."""
@@ -232,6 +250,7 @@ class ComparisonReport:
             "version": 1,
             "gate": list(self.gate),
             "alpha": self.alpha,
+            "provenance": self.provenance,
             "counts": self.counts(),
             "not_run": list(self.not_run),
             "tests": [
@@ -290,16 +309,6 @@ def _tolerance_of(record: Mapping[str, Any], override: Tolerance | None) -> Tole
         return Tolerance()
 
 
-def _rounds(view: Mapping[str, Any]) -> list[float]:
-    inference = view.get("inference") or {}
-    return [float(value) for value in inference.get("joules_per_sample") or []]
-
-
-def _train_repeats(view: Mapping[str, Any]) -> list[float]:
-    repeats = view.get("train_repeats") or {}
-    return [float(value) for value in repeats.get("tec_joules") or []]
-
-
 def _settings_difference(
     meter: str, before: Mapping[str, Any], now: Mapping[str, Any]
 ) -> str | None:
@@ -338,16 +347,13 @@ def _company_difference(kind: str, before: Mapping[str, Any], now: Mapping[str, 
     )
 
 
-def _version_warnings(before: Provenance, now: Provenance) -> tuple[str, ...]:
-    warnings = []
-    for library in ("torch", "torchvision"):
+def _version_differences(before: Provenance, now: Provenance) -> list[str]:
+    differences = []
+    for library in VERSIONED_LIBRARIES:
         old, new = before.versions.get(library), now.versions.get(library)
         if old and new and old != new:
-            warnings.append(
-                f"{library} {old} vs {new}: the baseline was recorded with another {library}; "
-                f"its verdict stands (refresh with --energy-save once the change is accepted)"
-            )
-    return tuple(warnings)
+            differences.append(f"{library} {old} vs {new}")
+    return differences
 
 
 def _quantity(
@@ -360,10 +366,17 @@ def _quantity(
     verdict: Verdict | None = None,
     note: str = "",
 ) -> QuantityComparison:
+    detectable = interval = sessions = None
+    hides = False
     if decision is not None:
         verdict = decision.verdict
         note = decision.note
         change = decision.change
+        detectable = _percent(decision.detectable)
+        if decision.interval is not None:
+            interval = (100.0 * decision.interval[0], 100.0 * decision.interval[1])
+        sessions = decision.sessions
+        hides = decision.noise_hides_tolerance
     elif baseline is None or current is None or baseline == 0:
         change = None
     else:
@@ -377,9 +390,71 @@ def _quantity(
         change_percent=_percent(change),
         tolerance_percent=_percent(tolerance),
         verdict=verdict,
-        p_value=None if decision is None else decision.p_value,
         note=note,
+        detectable_percent=detectable,
+        interval_percent=interval,
+        sessions=sessions,
+        noise_hides_tolerance=hides,
     )
+
+
+def _session_decision(
+    quantity: str,
+    usage: float | None,
+    now: Sequence[Mapping[str, Any]],
+    before: Sequence[Mapping[str, Any]],
+    tolerance: float,
+    alpha: float,
+    rule: Rule,
+) -> tuple[float, float, Decision] | None:
+    """(baseline figure, current figure, decision) of a noisy quantity; ``None`` if absent."""
+    figures_now = [session_figure(session, quantity, usage) for session in now]
+    figures_before = [session_figure(session, quantity, usage) for session in before]
+    if not figures_now or not figures_before or None in figures_now + figures_before:
+        return None
+    head = [float(value) for value in figures_now if value is not None]
+    base = [float(value) for value in figures_before if value is not None]
+    if rule == "pairs":
+        head, base = head[-len(base) :], base[-len(head) :]
+    if min(head + base) <= 0:  # a session read 0 J: no log scale; say so, judge the totals
+        current, baseline = sum(head) / len(head), sum(base) / len(base)
+        decision = judge_exact(current, baseline, tolerance)
+        return (
+            baseline,
+            current,
+            Decision(decision.verdict, decision.change, note="a session read 0 J"),
+        )
+    if rule == "pairs":
+        return (
+            geometric_mean(base),
+            geometric_mean(head),
+            judge_paired(head, base, tolerance, alpha),
+        )
+    return geometric_mean(base), head[-1], judge_history(head[-1], base, tolerance, alpha)
+
+
+def _detection(rule: Rule, quantities: Sequence[QuantityComparison]) -> str:
+    """One line on what a noisy comparison could see: sessions, detectable TEC and IEC."""
+    judged = [q for q in quantities if q.verdict is not None and q.quantity in ("tec", "iec")]
+    counted = [q.sessions for q in judged if q.sessions is not None]
+    if not judged or not counted:
+        return ""
+    what = "pairs" if rule == "pairs" else "baseline sessions"
+    sessions = f"{max(counted)} {what}"
+    detectable = [
+        f"{QUANTITY_LABELS[q.quantity]} ≥ {q.detectable_percent:.0f} %"
+        for q in judged
+        if q.detectable_percent is not None
+    ]
+    if not detectable:
+        return f"{sessions}: too few to judge the noise between sessions"
+    line = f"{sessions}: could detect {', '.join(detectable)}"
+    hidden = [q for q in judged if q.noise_hides_tolerance]
+    if hidden:
+        tolerance = hidden[0].tolerance_percent or 0.0
+        names = ", ".join(QUANTITY_LABELS[q.quantity] for q in hidden)
+        line += f"; noise hides the {tolerance:g} % tolerance ({names})"
+    return line
 
 
 def compare_meter(
@@ -390,11 +465,16 @@ def compare_meter(
     gating: bool,
     alpha: float = DEFAULT_ALPHA,
     tolerance: Tolerance | None = None,
+    paired: bool = False,
 ) -> MeterComparison:
-    """Compare one test's figures under one meter with its baseline (``None``: no baseline)."""
+    """Compare one test's figures under one meter with its baseline (``None``: no baseline).
+
+    Noisy meters compare sessions: ``current`` is this session (its record) and ``baseline``
+    an entry with its last sessions (``paired``: both sides hold A/B sessions, pair by pair).
+    """
     now = current.record["meters"][meter]
     kind = str(now.get("kind"))
-    rule: Literal["exact", "noisy"] = "exact" if kind == "counted" else "noisy"
+    rule: Rule = "exact" if kind == "counted" else ("pairs" if paired else "history")
     common = {"meter": meter, "kind": kind, "gating": gating, "rule": rule}
     if baseline is None or meter not in baseline.record.get("meters", {}):
         return MeterComparison(**common, verdict="new", reason="no baseline for this test")
@@ -411,12 +491,22 @@ def compare_meter(
         reason = hardware_difference(
             baseline.provenance.profile.fingerprint, current.provenance.profile.fingerprint
         )
+    versions = _version_differences(baseline.provenance, current.provenance)
+    if not reason and versions and rule != "exact":
+        reason = (
+            f"{', '.join(versions)}: a noisy meter's sessions under another library build "
+            f"measured other code; record a new baseline (pytest-energy record --sessions 5)"
+        )
     reason = (
         reason
         or _settings_difference(meter, baseline.provenance.meter, current.provenance.meter)
         or _company_difference(kind, before, now)
     )
-    warnings = _version_warnings(baseline.provenance, current.provenance)
+    warnings = tuple(
+        f"{difference}: the baseline was recorded with another version; its verdict stands "
+        f"(refresh with --energy-save once the change is accepted)"
+        for difference in (versions if rule == "exact" else [])
+    )
     if reason:
         return MeterComparison(
             **common,
@@ -427,32 +517,28 @@ def compare_meter(
         )
 
     limits = _tolerance_of(current.record, tolerance)
+    sessions_now = entry_sessions(current.record, meter)
+    sessions_before = entry_sessions(baseline.record, meter)
+    if rule == "history":
+        sessions_now = sessions_now[-1:]
+
+    def judged(quantity: str, usage: float | None, limit: float, exact_now: Any, exact_before: Any):
+        if rule == "exact":
+            if exact_now is None or exact_before is None:
+                return None
+            now_value, before_value = float(exact_now), float(exact_before)
+            return before_value, now_value, judge_exact(now_value, before_value, limit)
+        return _session_decision(quantity, usage, sessions_now, sessions_before, limit, alpha, rule)
+
     tec_now, tec_before = float(now["tec_joules"]), float(before["tec_joules"])
-    noise = max(relative_spread(_train_repeats(now)), relative_spread(_train_repeats(before)))
-    quantities = [
-        _quantity(
-            "tec",
-            None,
-            tec_before,
-            tec_now,
-            limits.train,
-            judge_exact(tec_now, tec_before, limits.train)
-            if rule == "exact"
-            else judge_single(tec_now, tec_before, limits.train, noise),
-        )
-    ]
+    tec = judged("tec", None, limits.train, tec_now, tec_before)
+    quantities = []
+    if tec is not None:
+        quantities.append(_quantity("tec", None, tec[0], tec[1], limits.train, tec[2]))
     iec_now, iec_before = now.get("iec_joules_per_sample"), before.get("iec_joules_per_sample")
-    rounds_now, rounds_before = _rounds(now), _rounds(before)
-    comparable_iec = iec_now is not None and iec_before is not None
-    if rule == "noisy":
-        comparable_iec = comparable_iec and bool(rounds_now) and bool(rounds_before)
-    if comparable_iec:
-        decision = (
-            judge_exact(iec_now, iec_before, limits.inference)
-            if rule == "exact"
-            else judge_rounds(rounds_now, rounds_before, limits.inference, alpha)
-        )
-        quantities.append(_quantity("iec", None, iec_before, iec_now, limits.inference, decision))
+    iec = judged("iec", None, limits.inference, iec_now, iec_before)
+    if iec is not None:
+        quantities.append(_quantity("iec", None, iec[0], iec[1], limits.inference, iec[2]))
     elif iec_now is not None or iec_before is not None:
         missing_verdict: Verdict = "new" if iec_before is None else "incomparable"
         note = (
@@ -469,23 +555,20 @@ def compare_meter(
     accuracy_now, accuracy_before = current.record.get("accuracy"), baseline.record.get("accuracy")
     tau = float(current.record.get("tau", 1.0))
     for usage in sorted(float(mui) for mui in current.record.get("usage", [])):
-        if not comparable_iec:
+        if iec is None:
             continue
-        full_now = tec_now + usage * float(iec_now)
-        full_before = tec_before + usage * float(iec_before)
-        if rule == "exact":
-            decision = judge_exact(full_now, full_before, limits.full_cycle)
-        else:
-            decision = judge_full_cycle(
-                tec_current=tec_now,
-                tec_baseline=tec_before,
-                train_noise=noise,
-                iec_current=rounds_now,
-                iec_baseline=rounds_before,
-                usage=usage,
-                tolerance=limits.full_cycle,
-                alpha=alpha,
-            )
+        exact_now = (
+            full_cycle_joules(tec_now, float(iec_now), usage) if iec_now is not None else None
+        )
+        exact_before = (
+            full_cycle_joules(tec_before, float(iec_before), usage)
+            if iec_before is not None
+            else None
+        )
+        full = judged("full_cycle", usage, limits.full_cycle, exact_now, exact_before)
+        if full is None:
+            continue
+        full_before, full_now, decision = full
         quantities.append(
             _quantity("full_cycle", usage, full_before, full_now, limits.full_cycle, decision)
         )
@@ -505,7 +588,7 @@ def compare_meter(
         verdict=_meter_verdict(quantities),
         warnings=warnings,
         baseline_source=source,
-        train_noise_percent=None if rule == "exact" else _percent(noise),
+        detection="" if rule == "exact" else _detection(rule, quantities),
         quantities=tuple(quantities),
     )
 
@@ -532,11 +615,14 @@ def compare_snapshots(
     gate: Sequence[str] | None = None,
     alpha: float = DEFAULT_ALPHA,
     tolerance: Tolerance | None = None,
+    paired: bool = False,
+    provenance: str = "",
 ) -> ComparisonReport:
     """Compare every test of ``current`` with ``baseline``.
 
     ``gate``: the meters whose verdicts decide (default: ``default_gate`` of the meters that
-    ran). ``tolerance`` overrides each test's own recorded tolerance.
+    ran). ``tolerance`` overrides each test's own recorded tolerance. ``paired``: both sides
+    hold A/B sessions (``pytest-energy ab``); ``provenance`` says so in reports.
     """
     if gate is None:
         kinds = {
@@ -555,6 +641,7 @@ def compare_snapshots(
                 gating=meter in gate,
                 alpha=alpha,
                 tolerance=tolerance,
+                paired=paired,
             )
             for meter, recorded in sorted(current[nodeid].items())
         )
@@ -565,6 +652,7 @@ def compare_snapshots(
         gate=tuple(gate),
         alpha=alpha,
         not_run=tuple(sorted(set(baseline) - set(current))),
+        provenance=provenance,
     )
 
 
@@ -600,6 +688,10 @@ def summary_lines(
                 lines.append(f"incomparable {where}{against}: {meter.reason}")
             elif meter.verdict == "new" and meter.gating:
                 lines.append(f"new       {where}: {meter.reason} (record one with --energy-save)")
+            elif meter.verdict == "unchanged" and meter.detection:
+                lines.append(f"unchanged {where}{against}")
+            if meter.detection and meter.verdict in ("regressed", "improved", "unchanged"):
+                lines.append(f"    {meter.detection}")
             lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
     if report.not_run:
         shown = ", ".join(report.not_run[:3]) + (", ..." if len(report.not_run) > 3 else "")
@@ -611,5 +703,6 @@ def summary_lines(
         tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
         lines.append(f"not gating {name}: {tally} (each finding with -v)")
     counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
-    lines.append(f"gate {', '.join(report.gate) or '(none)'}: {counts or 'no tests'}")
+    how = f" ({report.provenance})" if report.provenance else ""
+    lines.append(f"gate {', '.join(report.gate) or '(none)'}{how}: {counts or 'no tests'}")
     return lines

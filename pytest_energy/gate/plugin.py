@@ -37,7 +37,8 @@ from pytest_energy.gate.compare import (
     summary_lines,
 )
 from pytest_energy.gate.profiles import Profile, cpu_fingerprint, make_profile, profile_for
-from pytest_energy.gate.rules import DEFAULT_ALPHA, smallest_p_value
+from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
+from pytest_energy.gate.sessions import DEFAULT_KEEP_SESSIONS, entry_sessions
 from pytest_energy.gate.store import (
     DEFAULT_DIRECTORY,
     BaselineFile,
@@ -48,12 +49,16 @@ from pytest_energy.gate.store import (
     check_writable,
     load_baseline,
     other_profiles,
+    refuse_overwriting_inputs,
     run_provenance,
     save_baseline,
 )
 from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import Meter
 from pytest_energy.session import EnergySession
+
+OUTPUT_OPTIONS = ("--energy-json", "--energy-markdown", "--energy-plot")
+"""The files a run writes: none may replace a baseline (see ``refuse_overwriting_inputs``)."""
 
 
 def add_options(group: Any, parser: pytest.Parser) -> None:
@@ -89,8 +94,16 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         "--energy-alpha",
         metavar="ALPHA",
         default=None,
-        help=f"significance level of the one-sided Mann–Whitney test that a noisy meter's "
-        f"inference rounds rose (default {DEFAULT_ALPHA:g}; ini energy_alpha)",
+        help=f"significance level of each side of a noisy meter's interval of the change "
+        f"between sessions (default {DEFAULT_ALPHA:g}; ini energy_alpha)",
+    )
+    group.addoption(
+        "--energy-keep-sessions",
+        metavar="K",
+        default=None,
+        help=f"sessions a noisy meter's baseline entry keeps: --energy-save appends this one "
+        f"and drops the oldest beyond K (default {DEFAULT_KEEP_SESSIONS}; ini "
+        f"energy_keep_sessions)",
     )
     group.addoption(
         "--energy-fail-on-improvement",
@@ -108,7 +121,8 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
     )
     parser.addini("energy_baselines", "directory of the baseline files", default="")
     parser.addini("energy_gate", "meters that gate: auto or a comma list", default="")
-    parser.addini("energy_alpha", "significance level of the rounds test", default="")
+    parser.addini("energy_alpha", "significance level of the session rules", default="")
+    parser.addini("energy_keep_sessions", "sessions kept per noisy baseline entry", default="")
     parser.addini("energy_train_rounds", "runs of each test body for training noise", default="")
 
 
@@ -146,6 +160,7 @@ class GateSettings:
     alpha: float = DEFAULT_ALPHA
     fail_on_improvement: bool = False
     train_rounds: int = 1
+    keep_sessions: int = DEFAULT_KEEP_SESSIONS
 
 
 def _setting(config: pytest.Config, option: str, ini: str) -> Any:
@@ -158,6 +173,7 @@ def gate_settings(config: pytest.Config) -> GateSettings:
     directory = _setting(config, "--energy-baselines", "energy_baselines") or DEFAULT_DIRECTORY
     alpha = _setting(config, "--energy-alpha", "energy_alpha")
     rounds = _setting(config, "--energy-train-rounds", "energy_train_rounds")
+    keep = _setting(config, "--energy-keep-sessions", "energy_keep_sessions")
     save, prune = config.getoption("--energy-save"), config.getoption("--energy-prune")
     enabled = config.getoption("--energy")
     if save and not enabled:
@@ -172,6 +188,9 @@ def gate_settings(config: pytest.Config) -> GateSettings:
         alpha=parse_alpha(alpha) if alpha else DEFAULT_ALPHA,
         fail_on_improvement=config.getoption("--energy-fail-on-improvement"),
         train_rounds=parse_positive_int(rounds, "--energy-train-rounds") if rounds else 1,
+        keep_sessions=(
+            parse_positive_int(keep, "--energy-keep-sessions") if keep else DEFAULT_KEEP_SESSIONS
+        ),
     )
 
 
@@ -244,6 +263,10 @@ class RegressionGate:
             self.baselines[meter.name] = load_baseline(
                 baseline_path(self.settings.directory, profile), profile
             )
+        refuse_overwriting_inputs(
+            {flag: self.config.getoption(flag, None) for flag in OUTPUT_OPTIONS},
+            [baseline_path(self.settings.directory, profile) for profile in self.profiles.values()],
+        )
 
     def _shown(self, path: Path) -> str:
         """A path as the user gave it: relative to the rootdir when it is inside."""
@@ -269,22 +292,22 @@ class RegressionGate:
         return lines + [f"energy: warning: {warning}" for warning in self.warnings()]
 
     def warnings(self) -> list[str]:
-        """Settings under which the gate cannot do its job, said before the tests run."""
-        noisy = [
-            meter.name
-            for meter in self.energy_session.meters
-            if meter.name in self.gate and meter.kind != "counted"
-        ]
-        rounds = self.energy_session.rounds
-        floor = smallest_p_value(rounds, rounds)
-        if noisy and floor > self.settings.alpha:
-            needed = next(n for n in range(1, 100) if smallest_p_value(n, n) <= self.settings.alpha)
-            return [
-                f"{', '.join(noisy)} gates, but with {rounds} inference rounds a side no rise "
-                f"can be significant at α = {self.settings.alpha:g} (smallest p {floor:.3g}): "
-                f"use --energy-rounds {needed} or more"
-            ]
-        return []
+        """Baselines under which a noisy gate cannot judge, said before the tests run."""
+        warnings = []
+        for meter in self.energy_session.meters:
+            baseline = self.baselines.get(meter.name)
+            if meter.name not in self.gate or meter.deterministic or not baseline:
+                continue
+            counts = [len(entry_sessions(entry, meter.name)) for entry in baseline.tests.values()]
+            fewest = min(counts, default=MIN_SESSIONS)
+            if fewest < MIN_SESSIONS:
+                warnings.append(
+                    f"{meter.name} gates, but {self._shown(baseline.path)} holds only {fewest} "
+                    f"session(s) of some tests: the noise between sessions is unknown and no "
+                    f"change can be significant; record more with `pytest-energy record "
+                    f"--sessions 5` (or repeat --energy-save)"
+                )
+        return warnings
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         self.collected.add(item.nodeid)
@@ -395,6 +418,7 @@ class RegressionGate:
                         self.profiles[meter.name],
                         entries,
                         keep_only=keep_only,
+                        keep_sessions=self.settings.keep_sessions,
                     )
                 )
             except BaselineError as error:

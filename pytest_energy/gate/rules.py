@@ -1,45 +1,49 @@
-"""Round statistics and the regression decision for one quantity of one test.
+"""The regression decision for one quantity of one test: pure statistics, no I/O.
 
-Three rules, by how a figure was obtained:
+Two kinds of rule, by how a figure was obtained:
 
 - **exact** (``counted`` meters, deterministic): the relative change is compared with the
   tolerance, nothing else. ``+5.01 %`` at a 5 % tolerance is a regression.
-- **rounds** (IEC of ``measured`` and ``estimated`` meters): the median of the per-round
-  joules per sample must move beyond the tolerance *and* the rounds must differ significantly:
-  a one-sided Mann–Whitney U test (``scipy.stats.mannwhitneyu``) of the current rounds against
-  the baseline rounds at level ``alpha``. Rank tests need no normality and shrug off one slow
-  round; with few rounds they cannot reach a small ``alpha`` at all (3 against 3 rounds: the
-  smallest possible p is 0.05), which ``Decision.note`` says instead of passing silently.
-- **single** (TEC of ``measured`` and ``estimated`` meters: training runs once per test): the
-  change must exceed the tolerance plus the training noise, the relative spread
-  ``(max − min) / median`` of the TECs of repeated runs of the test body
-  (``--energy-train-rounds N``, stored with the baseline). With no repeats the noise is
-  unknown and taken as 0: the tolerance alone judges.
+- **sessions** (``measured`` and ``estimated`` meters): the unit of noise is the pytest
+  *session*, not the round. Rounds of one session share its machine state (co-tenants, clocks,
+  thread placement, the host a VM landed on), so they only estimate that session's figure; the
+  noise that decides is the spread *between* sessions (Kalibera & Jones 2013). Figures are
+  compared on a log scale (energy is positive and its noise multiplicative), as an interval
+  of the change at level ``alpha`` on each side:
 
-Full-cycle energy E(MUI) = TEC + MUI × IEC mixes both: only the part of its change that is
-distinguishable from noise counts against the tolerance (the inference part when the rounds
-differ significantly, the training part beyond its noise band); see ``judge_full_cycle``.
+  - ``judge_history``: this session against the last sessions of the baseline. The change
+    ``log(y) − mean(log x)`` of a new session from the same distribution has a Student t
+    prediction interval ``± t(1 − α, n − 1) · s · sqrt(1 + 1/n)`` (``s``: the spread between the
+    ``n`` baseline sessions).
+  - ``judge_paired``: A/B pairs of sessions run alternately on one machine (RMIT, Abedi &
+    Brecht 2017): the log ratio head/base of each pair; the interval of their mean is
+    ``± t(1 − α, N − 1) · s / sqrt(N)``. Pairing cancels the drift the two sides share.
 
-All changes are relative, ``(current − baseline) / baseline``; 0.05 is +5 %.
+  A test regresses when the whole interval of the change lies above ``+tolerance`` and improves
+  when it lies below ``−tolerance``; anything else is unchanged. Every verdict carries the
+  smallest change the comparison could have detected (``detectable``): the tolerance plus the
+  interval's half-width. With fewer than ``MIN_SESSIONS`` sessions (or pairs) the spread is
+  unknown, and the verdict says so instead of claiming a significance it cannot have.
+
+All changes are relative, ``(current − baseline) / baseline``; 0.05 is +5 %. scipy is imported
+only when a session rule runs (for the t quantile).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from scipy import stats as _scipy_stats
-
 Judged = Literal["regressed", "improved", "unchanged"]
-Alternative = Literal["greater", "less"]
 
 DEFAULT_ALPHA = 0.01
+MIN_SESSIONS = 3
+"""Fewest baseline sessions (history) or pairs (A/B) from which a spread is estimated."""
 EXACT_SLACK = 1e-9
-"""Relative slack of the exact rule, so float summation order cannot flip a verdict."""
+"""Relative slack of every rule, so float summation order cannot flip a verdict."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,22 @@ class Decision:
         verdict: ``regressed``, ``improved`` or ``unchanged``.
         change: relative change of the compared figure (0.2 = +20 %), ``None`` when the
             baseline figure is 0 and the current one is not.
-        p_value: one-sided Mann–Whitney p in the direction of the change (rounds rule only).
-        note: a short explanation for the reader, e.g. "within noise (p = 0.21 > α = 0.01)".
+        interval: the (low, high) relative change the noise allows at ``alpha`` each side
+            (session rules only).
+        detectable: the smallest relative rise this comparison could have flagged (session
+            rules only; ``None`` when too few sessions to know).
+        sessions: baseline sessions (history) or pairs (A/B) the verdict rests on.
+        noise_hides_tolerance: the noise alone is wider than the tolerance: a change of twice
+            the tolerance could go unseen.
+        note: a short explanation for the reader.
     """
 
     verdict: Judged
     change: float | None
-    p_value: float | None = None
+    interval: tuple[float, float] | None = None
+    detectable: float | None = None
+    sessions: int | None = None
+    noise_hides_tolerance: bool = False
     note: str = ""
 
 
@@ -65,46 +78,6 @@ def relative_change(current: float, baseline: float) -> float | None:
     if baseline == 0:
         return 0.0 if current == 0 else None
     return (current - baseline) / abs(baseline)
-
-
-def relative_spread(values: Sequence[float]) -> float:
-    """``(max − min) / median`` of repeated measurements: their noise band; 0 for one value."""
-    if len(values) < 2:
-        return 0.0
-    middle = statistics.median(values)
-    if middle == 0:
-        return 0.0
-    return (max(values) - min(values)) / abs(middle)
-
-
-def mann_whitney_p(
-    current: Sequence[float], baseline: Sequence[float], alternative: Alternative
-) -> float:
-    """One-sided Mann–Whitney U p-value that ``current`` is ``greater``/``less`` than baseline.
-
-    Identical samples (every value tied) give 1.0 rather than scipy's undefined statistic.
-    """
-    if not current or not baseline:
-        return 1.0
-    if len(set(current) | set(baseline)) == 1:
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p_value = float(
-            _scipy_stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue
-        )
-    return 1.0 if math.isnan(p_value) else p_value
-
-
-def smallest_p_value(current_rounds: int, baseline_rounds: int) -> float:
-    """The smallest one-sided p the exact U test can give for these sample sizes.
-
-    ``1 / C(n + m, n)``: every current round above every baseline round. When it exceeds
-    ``alpha`` the test cannot flag anything, however large the change.
-    """
-    if current_rounds < 1 or baseline_rounds < 1:
-        return 1.0
-    return 1.0 / math.comb(current_rounds + baseline_rounds, current_rounds)
 
 
 def judge_exact(current: float, baseline: float, tolerance: float) -> Decision:
@@ -119,95 +92,108 @@ def judge_exact(current: float, baseline: float, tolerance: float) -> Decision:
     return Decision("unchanged", change)
 
 
-def judge_rounds(
-    current: Sequence[float],
-    baseline: Sequence[float],
-    tolerance: float,
-    alpha: float = DEFAULT_ALPHA,
+def t_quantile(probability: float, degrees_of_freedom: int) -> float:
+    """Student t quantile (scipy, imported here so only noisy rules pay for it)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(probability, degrees_of_freedom))
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """``exp(mean(log v))`` of positive figures: the centre the session rules compare with."""
+    return math.exp(statistics.fmean(math.log(value) for value in values))
+
+
+def _interval_decision(
+    log_change: float, half_width: float, tolerance: float, count: int, what: str
 ) -> Decision:
-    """Per-round samples: median change beyond ``tolerance`` and a significant U test."""
-    if not current or not baseline:
-        raise ValueError("judge_rounds needs at least one round on each side")
-    change = relative_change(statistics.median(current), statistics.median(baseline))
-    if change is None:
-        return Decision("regressed", None, note="baseline was 0")
+    """Verdict from a log-scale change and the half-width its noise allows."""
+    change = math.expm1(log_change)
+    low, high = math.expm1(log_change - half_width), math.expm1(log_change + half_width)
+    limit = math.log1p(tolerance) + EXACT_SLACK
+    detectable = math.expm1(limit + half_width)
+    hides = math.expm1(half_width) > tolerance
+    common = {
+        "interval": (low, high),
+        "detectable": detectable,
+        "sessions": count,
+        "noise_hides_tolerance": hides,
+    }
+    if log_change - half_width > limit:
+        return Decision("regressed", change, **common)
+    if log_change + half_width < -limit:
+        return Decision("improved", change, **common)
     if abs(change) <= tolerance:
-        return Decision("unchanged", change, note="within tolerance")
-    alternative: Alternative = "greater" if change > 0 else "less"
-    p_value = mann_whitney_p(current, baseline, alternative)
-    if p_value <= alpha:
-        return Decision("regressed" if change > 0 else "improved", change, p_value)
-    floor = smallest_p_value(len(current), len(baseline))
-    if floor > alpha:
-        note = (
-            f"cannot be significant: {len(current)} vs {len(baseline)} rounds give p ≥ "
-            f"{floor:.3g} > α = {alpha:g}; measure more rounds (--energy-rounds)"
-        )
+        note = f"within tolerance; could detect ≥ {100 * detectable:.0f} % ({count} {what})"
     else:
-        note = f"within noise (p = {p_value:.3g} > α = {alpha:g})"
-    return Decision("unchanged", change, p_value, note)
+        note = f"within noise; could detect ≥ {100 * detectable:.0f} % ({count} {what})"
+    return Decision("unchanged", change, **common, note=note)
 
 
-def judge_single(current: float, baseline: float, tolerance: float, noise: float) -> Decision:
-    """One measurement per side: the change must exceed ``tolerance + noise``."""
-    change = relative_change(current, baseline)
-    if change is None:
-        return Decision("regressed" if current > 0 else "improved", None, note="baseline was 0")
-    band = tolerance + noise
-    if change > band:
-        return Decision("regressed", change, note=_noise_note(noise))
-    if change < -band:
-        return Decision("improved", change, note=_noise_note(noise))
-    if abs(change) > tolerance:
-        return Decision("unchanged", change, note=f"within training noise ({noise:.1%})")
-    return Decision("unchanged", change, note="within tolerance")
+def _positive(values: Sequence[float], name: str) -> list[float]:
+    values = [float(value) for value in values]
+    if not values:
+        raise ValueError(f"{name}: at least one figure is needed")
+    if any(not math.isfinite(value) or value <= 0 for value in values):
+        raise ValueError(f"{name}: figures must be finite and > 0, got {values!r}")
+    return values
 
 
-def _noise_note(noise: float) -> str:
-    return f"beyond tolerance + training noise {noise:.1%}" if noise else ""
-
-
-def judge_full_cycle(
-    *,
-    tec_current: float,
-    tec_baseline: float,
-    train_noise: float,
-    iec_current: Sequence[float],
-    iec_baseline: Sequence[float],
-    usage: float,
-    tolerance: float,
-    alpha: float = DEFAULT_ALPHA,
+def judge_history(
+    current: float, history: Sequence[float], tolerance: float, alpha: float = DEFAULT_ALPHA
 ) -> Decision:
-    """E(MUI) = TEC + MUI × IEC of noisy meters: only the change that beats the noise counts.
+    """One new session's figure against the figures of the baseline's last sessions.
 
-    The training part counts beyond ``train_noise × TEC_baseline``; the inference part,
-    ``MUI × ΔIEC`` (medians), counts only when the rounds differ significantly in that
-    direction. The test regresses when those parts together exceed ``tolerance`` of the
-    baseline E(MUI); the reported ``change`` is the plain change of E(MUI).
+    ``history``: one figure per baseline session (oldest first; order does not matter).
     """
-    iec_now = statistics.median(iec_current)
-    iec_before = statistics.median(iec_baseline)
-    full_now = tec_current + usage * iec_now
-    full_before = tec_baseline + usage * iec_before
-    change = relative_change(full_now, full_before)
-    train_delta = tec_current - tec_baseline
-    train_part = math.copysign(max(0.0, abs(train_delta) - train_noise * tec_baseline), train_delta)
-    inference_delta = usage * (iec_now - iec_before)
-    alternative: Alternative = "greater" if inference_delta > 0 else "less"
-    p_value = mann_whitney_p(iec_current, iec_baseline, alternative) if inference_delta else 1.0
-    inference_part = inference_delta if p_value <= alpha else 0.0
-    if change is None:
-        return Decision("regressed", None, p_value, "baseline was 0")
-    beyond_noise = relative_change(full_before + train_part + inference_part, full_before) or 0.0
-    if abs(change) <= tolerance:
-        return Decision("unchanged", change, p_value, "within tolerance")
-    if change > 0 and beyond_noise > tolerance:
-        return Decision("regressed", change, p_value)
-    if change < 0 and beyond_noise < -tolerance:
-        return Decision("improved", change, p_value)
-    return Decision(
-        "unchanged",
-        change,
-        p_value,
-        f"within noise (beyond-noise change {beyond_noise:+.1%}, α = {alpha:g})",
-    )
+    history = _positive(history, "history")
+    if current <= 0 or not math.isfinite(current):
+        if current == 0:
+            return Decision("improved", -1.0, note="this session read 0 J")
+        raise ValueError(f"current: a figure must be finite and ≥ 0, got {current!r}")
+    centre = geometric_mean(history)
+    log_change = math.log(current) - math.log(centre)
+    count = len(history)
+    if count < MIN_SESSIONS:
+        return Decision(
+            "unchanged",
+            math.expm1(log_change),
+            sessions=count,
+            note=f"cannot judge: {count} baseline session(s), the spread between sessions needs "
+            f"≥ {MIN_SESSIONS} (record more with `pytest-energy record --sessions 5`)",
+        )
+    spread = statistics.stdev(math.log(value) for value in history)
+    half_width = t_quantile(1.0 - alpha, count - 1) * spread * math.sqrt(1.0 + 1.0 / count)
+    return _interval_decision(log_change, half_width, tolerance, count, "baseline sessions")
+
+
+def judge_paired(
+    head: Sequence[float], base: Sequence[float], tolerance: float, alpha: float = DEFAULT_ALPHA
+) -> Decision:
+    """A/B pairs: ``head[i]`` and ``base[i]`` ran in the same pair; the change is head/base."""
+    head, base = _positive(head, "head"), _positive(base, "base")
+    if len(head) != len(base):
+        raise ValueError(f"judge_paired: {len(head)} head figures but {len(base)} base figures")
+    ratios = [math.log(now) - math.log(before) for now, before in zip(head, base, strict=True)]
+    log_change = statistics.fmean(ratios)
+    count = len(ratios)
+    if count < MIN_SESSIONS:
+        return Decision(
+            "unchanged",
+            math.expm1(log_change),
+            sessions=count,
+            note=f"cannot judge: {count} pair(s), the spread between pairs needs "
+            f"≥ {MIN_SESSIONS} (--pairs {MIN_SESSIONS} or more)",
+        )
+    spread = statistics.stdev(ratios)
+    half_width = t_quantile(1.0 - alpha, count - 1) * spread / math.sqrt(count)
+    return _interval_decision(log_change, half_width, tolerance, count, "pairs")
+
+
+def history_detectable(
+    history: Sequence[float], tolerance: float, alpha: float = DEFAULT_ALPHA
+) -> float | None:
+    """The smallest rise a new session could show against ``history`` (``None``: too few)."""
+    if len(history) < MIN_SESSIONS:
+        return None
+    return judge_history(geometric_mean(history), history, tolerance, alpha).detectable

@@ -14,10 +14,16 @@ restricted to the profile's meter, plus where it was recorded::
           "meters": {"cputime": {"kind", "phases", "tec_joules", "inference",
                                  "iec_joules_per_sample", "full_cycle", "train_repeats"?}},
           "recorded": {"commit": "1a2b...", "date": "2026-11-26T17:50:26+00:00",
-                       "versions": {"torch": "2.15.0", ...}, "meter": {describe() of meter}}
+                       "versions": {"torch": "2.15.0", ...}, "meter": {describe() of meter}},
+          "sessions": [{"tec_joules", "iec_joules_per_sample", "e_mui_joules",
+                        "inference_joules_per_sample", "provenance"}, ...]   # noisy meters
         }
       }
     }
+
+A noisy meter's entry keeps its last K sessions (``--energy-keep-sessions``, default 10; see
+``pytest_energy.gate.sessions``): each ``--energy-save`` appends one, and the gate judges a new
+session against the spread between them. The top-level figures are the latest session's.
 
 Provenance is per test because saves merge: one file can hold tests saved at different
 commits. Files are written with sorted keys and indentation so a pull request shows what
@@ -42,6 +48,7 @@ import filelock
 from pytest_energy.errors import BaselineError
 from pytest_energy.gate.compare import Provenance, Recorded
 from pytest_energy.gate.profiles import Profile, profile_from_results
+from pytest_energy.gate.sessions import DEFAULT_KEEP_SESSIONS, merge_sessions, session_item
 from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import KINDS
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
@@ -99,12 +106,37 @@ def git_commit(directory: str | os.PathLike[str]) -> str | None:
     return commit if completed.returncode == 0 and commit else None
 
 
+def _git(directory: str | os.PathLike[str], *arguments: str) -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", *arguments],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() if completed.returncode == 0 else None
+
+
 def run_provenance(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Commit, UTC date and library versions of this run, for each saved test's ``recorded``."""
+    """Commit, branch, dirty flag, UTC time, library versions and machine of this run.
+
+    Stored with each saved test (``recorded``) and each of its sessions (``provenance``).
+    """
+    status = _git(directory, "status", "--porcelain", "--untracked-files=no")
+    time = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    info = machine_info()
     return {
         "commit": git_commit(directory),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": machine_info()["versions"],
+        "branch": _git(directory, "rev-parse", "--abbrev-ref", "HEAD") or None,
+        "dirty": None if status is None else bool(status),
+        "date": time,
+        "time": time,
+        "versions": info["versions"],
+        "machine": {key: info[key] for key in ("cpu_model", "cpu_threads", "platform")},
     }
 
 
@@ -114,12 +146,20 @@ def baseline_entry(
     provenance: Mapping[str, Any],
     meter_description: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A test's record as a baseline entry: only ``meter``'s view, plus ``recorded``."""
-    return {
-        **{key: value for key, value in record.items() if key != "meters"},
-        "meters": {meter: record["meters"][meter]},
+    """A test's record as a baseline entry: only ``meter``'s view, plus ``recorded``.
+
+    A noisy meter's entry also holds this session's figures as its one ``sessions`` item;
+    ``save_baseline`` appends it to the history already in the file.
+    """
+    view = record["meters"][meter]
+    entry = {
+        **{key: value for key, value in record.items() if key not in ("meters", "sessions")},
+        "meters": {meter: view},
         "recorded": {**provenance, "meter": dict(meter_description)},
     }
+    if view.get("kind") != "counted":
+        entry["sessions"] = [session_item(view, record.get("usage") or [], provenance)]
+    return entry
 
 
 def baseline_document(profile: Profile, tests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -179,19 +219,46 @@ class _Shape:
             raise self.fail(where, "an object", value)
         return value
 
-    def number(self, value: Any, where: str, optional: bool = False) -> None:
+    def number(self, value: Any, where: str, optional: bool = False, energy: bool = False) -> None:
+        """A finite number; ``energy``: also ≥ 0 (no meter reads negative joules)."""
         if value is None and optional:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(where, "a number" + (" or null" if optional else ""), value)
         if not math.isfinite(value):
             raise self.fail(where, "a finite number", value)
+        if energy and value < 0:
+            raise self.fail(where, "energy ≥ 0 J (a negative energy is impossible)", value)
 
-    def numbers(self, value: Any, where: str) -> None:
+    def numbers(self, value: Any, where: str, energy: bool = False) -> None:
         if not isinstance(value, list):
             raise self.fail(where, "a list of numbers", value)
         for index, item in enumerate(value):
-            self.number(item, f"{where}[{index}]")
+            self.number(item, f"{where}[{index}]", energy=energy)
+
+    def sessions(self, value: Any, where: str) -> None:
+        """A noisy meter's session history (``pytest_energy.gate.sessions``)."""
+        if not isinstance(value, list) or not value:
+            raise self.fail(where, "a non-empty list of sessions", value)
+        for index, session in enumerate(value):
+            at = f"{where}[{index}]"
+            session = self.mapping(session, at)
+            self.number(session.get("tec_joules"), f"{at}.tec_joules", energy=True)
+            self.number(
+                session.get("iec_joules_per_sample"),
+                f"{at}.iec_joules_per_sample",
+                optional=True,
+                energy=True,
+            )
+            figures = self.mapping(session.get("e_mui_joules", {}), f"{at}.e_mui_joules")
+            for usage, joules in figures.items():
+                self.number(joules, f"{at}.e_mui_joules[{usage!r}]", energy=True)
+            self.numbers(
+                session.get("inference_joules_per_sample", []),
+                f"{at}.inference_joules_per_sample",
+                energy=True,
+            )
+            self.mapping(session.get("provenance", {}), f"{at}.provenance")
 
     def record(self, record: Any, where: str, meter: str | None = None) -> None:
         """One test record of the results schema (the fields a comparison reads)."""
@@ -211,16 +278,25 @@ class _Shape:
             view = self.mapping(view, at)
             if view.get("kind") not in KINDS:
                 raise self.fail(f"{at}.kind", " or ".join(KINDS), view.get("kind"))
-            self.number(view.get("tec_joules"), f"{at}.tec_joules")
-            self.number(view.get("iec_joules_per_sample"), f"{at}.iec_joules_per_sample", True)
+            self.number(view.get("tec_joules"), f"{at}.tec_joules", energy=True)
+            self.number(
+                view.get("iec_joules_per_sample"),
+                f"{at}.iec_joules_per_sample",
+                optional=True,
+                energy=True,
+            )
             if view.get("inference") is not None:
                 inference = self.mapping(view["inference"], f"{at}.inference")
                 self.numbers(
-                    inference.get("joules_per_sample"), f"{at}.inference.joules_per_sample"
+                    inference.get("joules_per_sample"),
+                    f"{at}.inference.joules_per_sample",
+                    energy=True,
                 )
             if view.get("train_repeats") is not None:
                 repeats = self.mapping(view["train_repeats"], f"{at}.train_repeats")
                 self.numbers(repeats.get("tec_joules"), f"{at}.train_repeats.tec_joules")
+        if record.get("sessions") is not None:
+            self.sessions(record["sessions"], f"{where}.sessions")
         recorded = record.get("recorded", {})
         recorded = self.mapping(recorded, f"{where}.recorded")
         self.mapping(recorded.get("versions", {}), f"{where}.recorded.versions")
@@ -322,12 +398,15 @@ def save_baseline(
     entries: Mapping[str, Mapping[str, Any]],
     *,
     keep_only: Collection[str] | None = None,
+    keep_sessions: int = DEFAULT_KEEP_SESSIONS,
     lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
 ) -> SaveResult:
     """Merge ``entries`` (node id → baseline entry) into ``profile``'s file, atomically.
 
     Under a lock (so concurrent runs lose nothing) the file is read again, the entries replace
     those of the same tests, the others stay, and the result is renamed over the old file.
+    An entry with ``sessions`` (noisy meters) appends them to the history of the same test,
+    keeping the last ``keep_sessions`` recorded with the same torch and torchvision.
     ``keep_only``: the node ids that still exist; other entries are pruned (``--energy-prune``).
     A corrupt or foreign file is refused (``BaselineError``), never overwritten.
     """
@@ -354,7 +433,11 @@ def save_baseline(
             )
             for nodeid in pruned:
                 del tests[nodeid]
-            tests.update({nodeid: dict(entry) for nodeid, entry in entries.items()})
+            for nodeid, entry in entries.items():
+                merged = dict(entry)
+                if entry.get("sessions"):
+                    merged["sessions"] = merge_sessions(tests.get(nodeid), entry, keep_sessions)
+                tests[nodeid] = merged
             write_json_atomic(path, baseline_document(profile, tests))
     except filelock.Timeout:
         raise BaselineError(
@@ -366,6 +449,36 @@ def save_baseline(
             f"--energy-save: cannot write {path} ({error.strerror or error}); nothing was saved"
         ) from None
     return SaveResult(path=path, written=tuple(sorted(entries)), pruned=pruned)
+
+
+def refuse_overwriting_inputs(
+    outputs: Mapping[str, str | os.PathLike[str] | None],
+    inputs: Collection[str | os.PathLike[str]] = (),
+) -> None:
+    """No output may replace an input or a baseline file (``BaselineError`` naming the flag).
+
+    ``outputs``: flag → path (``None``: not asked for). A path that is one of ``inputs`` or an
+    existing pytest-energy baseline file is refused before anything runs or is written.
+    """
+    protected = {Path(path).resolve() for path in inputs}
+    for flag, path in outputs.items():
+        if path is None or str(path) == "-":
+            continue
+        target = Path(path).resolve()
+        if target in protected:
+            raise BaselineError(
+                f"{flag} {path}: is an input of this run; an output never replaces it"
+            )
+        if target.is_file() and target.suffix == ".json":
+            try:
+                document = read_json(target)
+            except BaselineError:
+                continue
+            if isinstance(document, Mapping) and document.get("schema") == BASELINE_SCHEMA:
+                raise BaselineError(
+                    f"{flag} {path}: is a baseline file; an output never replaces one "
+                    f"(choose another path)"
+                )
 
 
 # --- snapshots: what a comparison reads -------------------------------------------------------

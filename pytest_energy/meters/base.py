@@ -53,12 +53,16 @@ class Meter(abc.ABC):
     ``scope`` says what one reading covers, so parallel runs add readings up without counting
     anything twice: ``process`` (this process only: cputime, counted), ``host`` (the whole
     machine: rapl) or ``device`` (every GPU the process sees: nvml).
+
+    ``deterministic``: the same work always reads the same figure (``counted``), so the gate
+    judges it with the exact rule; other meters are judged on the noise between sessions.
     """
 
     name: ClassVar[str]
     kind: ClassVar[MeterKind]
     min_window_seconds: ClassVar[float] = 0.0
     scope: ClassVar[MeterScope] = "process"
+    deterministic: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

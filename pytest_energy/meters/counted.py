@@ -401,6 +401,7 @@ class CountedMeter(Meter):
 
     name = "counted"
     kind = "counted"
+    deterministic = True
     min_window_seconds = 0.0
 
     def __init__(self, energy_table: Mapping[str, float] | None = None) -> None:

@@ -454,6 +454,8 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
     if not rows or max_lines <= 0:
         return []
     points = _decades(report.usage)
+    if not points:  # no usage scenario to draw
+        return []
     series = []
     for row in rows:
         values = [row.joules_at(mui) for mui in points]

@@ -592,7 +592,8 @@ def _meter_comparison(meter: Mapping[str, Any]) -> RowComparison:
                 tolerances.add(tolerance / 100)
         elif name in ("tec", "iec"):
             figures[name] = _change(quantity)
-    notes = [str(meter.get("reason") or "")] + [str(w) for w in meter.get("warnings", []) or []]
+    notes = [str(meter.get("reason") or ""), str(meter.get("detection") or "")]
+    notes += [str(warning) for warning in meter.get("warnings", []) or []]
     return RowComparison(
         verdict=str(meter.get("verdict") or "new"),
         changes=changes,

@@ -1,0 +1,429 @@
+"""Sessions in fresh processes: ``pytest-energy record`` and ``pytest-energy ab``.
+
+A noisy meter's figures move between pytest sessions (co-tenants, clocks, thread placement), so
+both commands run whole sessions, each a new ``python -m pytest`` process:
+
+- ``record --sessions K [-- PYTEST ARGS]``: K sessions with ``--energy --energy-save``, so a new
+  baseline rests on K sessions, not one (the gate judges against their spread).
+- ``ab BASE [HEAD] [--pairs N] [-- PYTEST ARGS]``: BASE and HEAD (default: the checked-out
+  commit, which must be clean) are checked out into temporary git worktrees and their tests run
+  alternately, N pairs, the order within each pair drawn at random (randomized multiple
+  interleaved trials, Abedi & Brecht 2017). Each test, meter and quantity is judged on the N
+  paired sessions (``rules.judge_paired``); the output is a baseline run's: terminal summary,
+  ``--json`` results with the comparison, ``--markdown``; exit 1 on a regression, 2 on bad
+  input. The worktrees are removed whatever happens, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_energy.config import parse_tolerance
+from pytest_energy.errors import BaselineError, ConfigError, EnergyError
+from pytest_energy.gate.compare import (
+    ComparisonReport,
+    Provenance,
+    Recorded,
+    compare_snapshots,
+    summary_lines,
+)
+from pytest_energy.gate.plugin import parse_alpha, parse_gate
+from pytest_energy.gate.profiles import profile_from_results
+from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
+from pytest_energy.gate.sessions import session_item
+from pytest_energy.gate.store import read_json, refuse_overwriting_inputs, validate_results
+
+DEFAULT_PAIRS = 5
+DEFAULT_RECORD_SESSIONS = 5
+
+
+class RunError(EnergyError):
+    """A session could not run or judge (exit status 2), with one line saying why."""
+
+
+# --- the commands' arguments -------------------------------------------------------------------
+
+
+def add_run_commands(commands: Any) -> None:
+    """Add ``record`` and ``ab`` to the ``pytest-energy`` subcommands."""
+    record = commands.add_parser(
+        "record",
+        help="record a baseline from several fresh pytest sessions (--energy --energy-save each)",
+        description="Run `pytest --energy --energy-save PYTEST ARGS` K times, each in a new "
+        "process, so a noisy meter's baseline holds K sessions (the gate judges new sessions "
+        "against the spread between them). Arguments after `--` go to pytest.",
+    )
+    record.add_argument(
+        "--sessions",
+        metavar="K",
+        default=str(DEFAULT_RECORD_SESSIONS),
+        help=f"sessions to record (default {DEFAULT_RECORD_SESSIONS}; at least {MIN_SESSIONS} "
+        f"before a noisy gate can judge)",
+    )
+    record.set_defaults(handler=command_record)
+
+    ab = commands.add_parser(
+        "ab",
+        help="A/B: run BASE and HEAD alternately as fresh sessions and judge the paired figures",
+        description="Check BASE (and HEAD, default the checked-out commit) out into temporary git "
+        "worktrees, run the selected energy tests of both alternately as fresh pytest sessions "
+        "(random order within each pair) and judge each test on the paired sessions. Exit 1 on "
+        "a regression, 2 on bad input. Arguments after `--` go to pytest (e.g. the tests to "
+        "run and --energy-meter). Costs 2 × PAIRS sessions.",
+    )
+    ab.add_argument("base", metavar="BASE", help="the revision to compare against (e.g. main)")
+    ab.add_argument(
+        "head",
+        metavar="HEAD",
+        nargs="?",
+        default=None,
+        help="the candidate revision (default: the checked-out commit; the tree must be clean)",
+    )
+    ab.add_argument(
+        "--pairs",
+        metavar="N",
+        default=str(DEFAULT_PAIRS),
+        help=f"pairs of sessions (default {DEFAULT_PAIRS}, at least {MIN_SESSIONS})",
+    )
+    ab.add_argument("--seed", metavar="S", default=None, help="seed of the order within pairs")
+    ab.add_argument(
+        "--tolerance",
+        metavar="FRACTION",
+        default=None,
+        help="allowed rise for every test, e.g. 5%% (default: each test's own)",
+    )
+    ab.add_argument(
+        "--alpha",
+        default=str(DEFAULT_ALPHA),
+        help=f"significance level of each side of the interval (default {DEFAULT_ALPHA:g})",
+    )
+    ab.add_argument("--gate", metavar="METERS", default=None, help="meters that gate (auto)")
+    ab.add_argument("--json", metavar="PATH", default=None, help="write the results JSON here")
+    ab.add_argument("--markdown", metavar="PATH", default=None, help="write a markdown report")
+    ab.add_argument(
+        "--fail-on-improvement",
+        action="store_true",
+        help="an improvement beyond tolerance fails the run too",
+    )
+    ab.set_defaults(handler=command_ab)
+
+
+def _count(value: str, flag: str, least: int) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: expected a whole number ≥ {least}") from None
+    if count < least:
+        raise ConfigError(
+            f"{flag} {count}: at least {least} are needed to measure the spread between "
+            f"sessions (5 is a good start)"
+        )
+    return count
+
+
+# --- running one pytest session ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    """One finished pytest session: exit status, its output and its results file."""
+
+    returncode: int
+    output: str
+    results: Path
+
+
+def run_session(
+    directory: Path, pytest_args: Sequence[str], results: Path, extra: Sequence[str] = ()
+) -> Session:
+    """``python -m pytest PYTEST_ARGS --energy --energy-json RESULTS`` in ``directory``.
+
+    The directory's own code comes first on ``sys.path`` (and ``src/`` when there is one), so
+    a worktree's package is the one imported, not an editable install of the main checkout.
+    """
+    environment = dict(os.environ)
+    paths = [str(directory)] + ([str(directory / "src")] if (directory / "src").is_dir() else [])
+    if environment.get("PYTHONPATH"):
+        paths.append(environment["PYTHONPATH"])
+    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-rf",
+        *pytest_args,
+        "--energy",
+        "--energy-json",
+        str(results),
+        *extra,
+    ]
+    completed = subprocess.run(
+        command, cwd=directory, env=environment, capture_output=True, text=True, check=False
+    )
+    return Session(completed.returncode, completed.stdout + completed.stderr, results)
+
+
+def _failed_tests(output: str) -> list[str]:
+    return [
+        line.split(" ", 1)[1].split(" - ", 1)[0]
+        for line in output.splitlines()
+        if line.startswith(("FAILED ", "ERROR "))
+    ]
+
+
+def _last_error(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("ERROR", "E ", "pytest:"))]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _check_session(session: Session, side: str) -> Mapping[str, Any]:
+    """The session's validated results, or a ``RunError`` saying what went wrong."""
+    if session.returncode == 1:
+        failed = ", ".join(_failed_tests(session.output)) or "a test"
+        raise RunError(f"{failed} failed on {side}: both sides must pass to be compared")
+    if session.returncode == 5:
+        raise RunError(f"{side} has none of the selected tests (pytest collected nothing)")
+    if session.returncode != 0:
+        raise RunError(
+            f"pytest could not run the selected tests on {side} (exit {session.returncode}: "
+            f"{_last_error(session.output)})"
+        )
+    try:
+        return validate_results(read_json(session.results, "results file"), str(session.results))
+    except BaselineError as error:
+        raise RunError(f"{side}: {error}") from None
+
+
+# --- record --------------------------------------------------------------------------------------
+
+
+def command_record(args: argparse.Namespace) -> int:
+    sessions = _count(args.sessions, "--sessions", 1)
+    pytest_args = list(getattr(args, "passthrough", []))
+    directory = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="pytest-energy-record-") as scratch:
+        for index in range(sessions):
+            print(f"session {index + 1}/{sessions}: pytest --energy --energy-save", flush=True)
+            session = run_session(
+                directory, pytest_args, Path(scratch, "results.json"), ["--energy-save"]
+            )
+            try:
+                _check_session(session, f"session {index + 1}")
+            except RunError:
+                sys.stdout.write(session.output)
+                raise
+            saved = [line for line in session.output.splitlines() if "baseline saved" in line]
+            print("    " + ("; ".join(saved) or "no baseline saved"), flush=True)
+    print(f"recorded {sessions} session(s)")
+    return 0
+
+
+# --- ab ------------------------------------------------------------------------------------------
+
+
+def _git(repository: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", *arguments], cwd=repository, capture_output=True, text=True, check=False
+    )
+
+
+def _repository() -> tuple[Path, Path]:
+    """The repository's top level and the current directory relative to it."""
+    found = _git(Path.cwd(), "rev-parse", "--show-toplevel")
+    if found.returncode != 0:
+        raise RunError("not inside a git repository: A/B checks revisions out with git worktree")
+    top = Path(found.stdout.strip())
+    return top, Path.cwd().resolve().relative_to(top.resolve())
+
+
+def _commit(repository: Path, revision: str) -> str:
+    found = _git(repository, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if found.returncode != 0 or not found.stdout.strip():
+        raise RunError(f"unknown revision {revision!r} (git rev-parse found no such commit)")
+    return found.stdout.strip()
+
+
+def _dirty_files(repository: Path) -> list[str]:
+    status = _git(repository, "status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in status.stdout.splitlines() if line.strip()]
+
+
+@contextmanager
+def worktrees(repository: Path, commits: Mapping[str, str]) -> Iterator[dict[str, Path]]:
+    """Temporary detached worktrees, one per side; removed on exit, Ctrl-C included."""
+    scratch = Path(tempfile.mkdtemp(prefix="pytest-energy-ab-"))
+    made: dict[str, Path] = {}
+    try:
+        for side, commit in commits.items():
+            path = scratch / side
+            added = _git(repository, "worktree", "add", "--detach", str(path), commit)
+            if added.returncode != 0:
+                raise RunError(
+                    f"git worktree add {commit[:12]} failed: {_last_error(added.stderr)}"
+                )
+            made[side] = path
+        yield made
+    finally:
+        for path in made.values():
+            _git(repository, "worktree", "remove", "--force", str(path))
+        shutil.rmtree(scratch, ignore_errors=True)
+        _git(repository, "worktree", "prune")
+
+
+def _recorded_side(
+    documents: Sequence[Mapping[str, Any]], label: str
+) -> dict[str, dict[str, Recorded]]:
+    """node id → meter → Recorded whose record holds one session per pair (pair order)."""
+    last = documents[-1]
+    machine = last.get("machine", {})
+    versions = machine.get("versions", {}) if isinstance(machine, Mapping) else {}
+    descriptions = {item.get("name"): item for item in last.get("meters", [])}
+    snapshot: dict[str, dict[str, Recorded]] = {}
+    for nodeid, record in last["tests"].items():
+        for meter, view in record["meters"].items():
+            sessions = []
+            for pair, document in enumerate(documents, start=1):
+                other = document["tests"].get(nodeid, {}).get("meters", {}).get(meter)
+                if other is None:
+                    break
+                provenance = {"pair": pair, "time": document.get("created"), "side": label}
+                sessions.append(session_item(other, record.get("usage") or [], provenance))
+            if len(sessions) != len(documents):
+                continue
+            provenance_of = Provenance(
+                source=label,
+                profile=profile_from_results(last, meter, view["kind"]),
+                meter=descriptions.get(meter, {}),
+                versions=versions,
+            )
+            snapshot.setdefault(nodeid, {})[meter] = Recorded(
+                {**record, "sessions": sessions}, provenance_of
+            )
+    return snapshot
+
+
+def judge_pairs(
+    base: Sequence[Mapping[str, Any]],
+    head: Sequence[Mapping[str, Any]],
+    *,
+    base_label: str,
+    head_label: str,
+    gate: str | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    tolerance: Any = None,
+) -> ComparisonReport:
+    """Compare HEAD's results documents with BASE's, pair by pair (pure data, no I/O)."""
+    pairs = len(head)
+    kinds = {
+        meter: view["kind"]
+        for record in head[-1]["tests"].values()
+        for meter, view in record["meters"].items()
+    }
+    return compare_snapshots(
+        _recorded_side(head, head_label),
+        _recorded_side(base, base_label),
+        gate=parse_gate(gate, kinds, "--gate"),
+        alpha=alpha,
+        tolerance=tolerance,
+        paired=True,
+        provenance=f"A/B, {pairs} pairs",
+    )
+
+
+def command_ab(args: argparse.Namespace) -> int:
+    """``pytest-energy ab``: see the module docstring."""
+    pairs = _count(args.pairs, "--pairs", MIN_SESSIONS)
+    alpha = parse_alpha(args.alpha, "--alpha")
+    tolerance = parse_tolerance(args.tolerance, "--tolerance") if args.tolerance else None
+    pytest_args = list(getattr(args, "passthrough", []))
+    repository, relative = _repository()
+    refuse_overwriting_inputs({"--json": args.json, "--markdown": args.markdown})
+    base = _commit(repository, args.base)
+    if args.head is None:
+        dirty = _dirty_files(repository)
+        if dirty:
+            raise RunError(
+                f"the working tree has uncommitted changes ({', '.join(dirty[:3])}"
+                f"{', ...' if len(dirty) > 3 else ''}): commit or stash them, or name HEAD"
+            )
+        head = _commit(repository, "HEAD")
+        head_name = "HEAD"
+    else:
+        head = _commit(repository, args.head)
+        head_name = args.head
+    labels = {"base": f"BASE {args.base} ({base[:12]})", "head": f"HEAD {head_name} ({head[:12]})"}
+    seed = args.seed if args.seed is not None else f"{base}{head}"
+    order = random.Random(seed)
+    documents: dict[str, list[Mapping[str, Any]]] = {"base": [], "head": []}
+    try:
+        with (
+            worktrees(repository, {"base": base, "head": head}) as trees,
+            tempfile.TemporaryDirectory(prefix="pytest-energy-ab-results-") as scratch,
+        ):
+            empty = Path(scratch, "no-baselines")
+            for pair in range(1, pairs + 1):
+                sides = ["base", "head"]
+                order.shuffle(sides)
+                print(f"pair {pair}/{pairs}: {sides[0]} then {sides[1]}", flush=True)
+                for side in sides:
+                    results = Path(scratch, f"{side}-{pair}.json")
+                    session = run_session(
+                        trees[side] / relative,
+                        pytest_args,
+                        results,
+                        ["--energy-baselines", str(empty)],
+                    )
+                    documents[side].append(_check_session(session, labels[side]))
+    except KeyboardInterrupt:
+        print("pytest-energy ab: interrupted; worktrees removed, nothing written", file=sys.stderr)
+        return 2
+    report = judge_pairs(
+        documents["base"],
+        documents["head"],
+        base_label=labels["base"],
+        head_label=labels["head"],
+        gate=args.gate,
+        alpha=alpha,
+        tolerance=tolerance,
+    )
+    for line in summary_lines(report, args.fail_on_improvement):
+        print(line)
+    results = {
+        **documents["head"][-1],
+        "comparison": report.to_dict(),
+        "ab": {
+            "base": {"revision": args.base, "commit": base},
+            "head": {"revision": head_name, "commit": head},
+            "pairs": pairs,
+            "seed": str(seed),
+        },
+    }
+    _write(results, report, args)
+    failing = report.regressed or (args.fail_on_improvement and report.improved)
+    return 1 if failing else 0
+
+
+def _write(results: Mapping[str, Any], report: ComparisonReport, args: argparse.Namespace) -> None:
+    from pytest_energy.report.outputs import report_settings, write_outputs
+    from pytest_energy.results import write_json_atomic
+
+    if args.json:
+        print(f"results written to {write_json_atomic(args.json, results)}")
+    if args.markdown:
+        settings = report_settings(markdown=args.markdown)
+        for path in write_outputs(results, settings, report):
+            print(f"markdown written to {path}")
