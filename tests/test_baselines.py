@@ -452,3 +452,25 @@ def test_negative_energy_in_a_baseline_is_refused_with_the_file_named(tmp_path, 
         load_baseline(path, COUNTED)
     assert str(error.value).startswith(str(path))
     assert f"meters['counted'].{field}: expected energy ≥ 0 J" in str(error.value)
+
+
+def test_cpu_profiles_tell_two_epycs_of_one_name_apart(tmp_path):
+    from pytest_energy.gate.profiles import _cpuinfo, hardware_difference
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+        "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 99\n"
+    )
+    found = _cpuinfo(str(cpuinfo))
+    assert found == {
+        "cpu_vendor": "AuthenticAMD",
+        "cpu_family": "25",
+        "cpu_model_number": "1",
+        "cpu_stepping": "1",
+    }
+    zen3 = {**CPU, **found, "cpu_isa": "AVX2"}
+    other = {**CPU, **found, "cpu_model_number": "17", "cpu_isa": "AVX512"}
+    assert make_profile("cputime", "estimated", zen3).name == "cputime-amd-epyc-f25m1-avx2-2t"
+    assert make_profile("cputime", "estimated", other).name == "cputime-amd-epyc-f25m17-avx512-2t"
+    assert "family 25 model 17 stepping 1, torch kernels AVX512" in hardware_difference(other, zen3)

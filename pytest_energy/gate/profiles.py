@@ -101,7 +101,15 @@ def describe_hardware(fingerprint: Mapping[str, Any]) -> str:
         )
         driver = fingerprint.get("driver_major")
         return gpus + (f", driver {driver}" if driver else "")
-    return f"{fingerprint.get('cpu_model', '?')} ({fingerprint.get('cpu_threads', '?')} threads)"
+    details = [f"{fingerprint.get('cpu_threads', '?')} threads"]
+    if "cpu_family" in fingerprint:
+        details.append(
+            f"family {fingerprint['cpu_family']} model {fingerprint.get('cpu_model_number', '?')}"
+            f" stepping {fingerprint.get('cpu_stepping', '?')}"
+        )
+    if fingerprint.get("cpu_isa"):
+        details.append(f"torch kernels {fingerprint['cpu_isa']}")
+    return f"{fingerprint.get('cpu_model', '?')} ({', '.join(details)})"
 
 
 def hardware_difference(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
@@ -139,9 +147,57 @@ def _bounded(name: str, fingerprint: Mapping[str, Any]) -> str:
     return f"{name[: MAX_SLUG_CHARACTERS - 9].rstrip('-')}-{digest}"
 
 
+CPUINFO_FIELDS = {
+    "vendor_id": "cpu_vendor",
+    "cpu family": "cpu_family",
+    "model": "cpu_model_number",
+    "stepping": "cpu_stepping",
+}
+"""/proc/cpuinfo keys that tell CPUs of one marketing name apart (an EPYC can be Zen 2 or 3)."""
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """Vendor, family, model number and stepping of the first processor (empty elsewhere)."""
+    found: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                name = CPUINFO_FIELDS.get(key.strip())
+                if name is not None:
+                    found[name] = value.strip()
+    except OSError:
+        pass
+    return found
+
+
+def cpu_capability() -> str | None:
+    """The ISA level torch dispatches its CPU kernels to (``AVX2``, ``AVX512``, ...)."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # no torch, or a build without the query: leave it out, never guess
+        return None
+
+
 def cpu_fingerprint() -> dict[str, Any]:
-    """This machine's CPU model name and hardware-thread count."""
-    return {"cpu_model": cpu_model_name(), "cpu_threads": os.cpu_count() or 1}
+    """This CPU: model name, hardware threads, vendor, family/model/stepping, torch's ISA level.
+
+    Two VMs that both report "AMD EPYC" can run the same step 3x apart (an AVX-512 host and
+    an AVX2-only Zen 3): family, model and the ISA torch dispatches to tell them apart.
+    """
+    fingerprint: dict[str, Any] = {
+        "cpu_model": cpu_model_name(),
+        "cpu_threads": os.cpu_count() or 1,
+    }
+    fingerprint.update(_cpuinfo())
+    capability = cpu_capability()
+    if capability:
+        fingerprint["cpu_isa"] = capability
+    return fingerprint
 
 
 def gpu_fingerprint(meter: Meter, nvml: ModuleType | None = None) -> dict[str, Any]:
@@ -198,6 +254,10 @@ def profile_name(meter: str, kind: str, fingerprint: Mapping[str, Any]) -> str:
         parts += [f"{limit:g}w" for limit in limits]
         return _bounded(slug("-".join(parts)), fingerprint)
     name = f"{meter}-{slug(str(fingerprint.get('cpu_model', 'unknown')))}"
+    if "cpu_family" in fingerprint:
+        name += f"-f{fingerprint['cpu_family']}m{fingerprint.get('cpu_model_number', '')}"
+    if fingerprint.get("cpu_isa"):
+        name += f"-{fingerprint['cpu_isa']}"
     return _bounded(slug(f"{name}-{fingerprint.get('cpu_threads', 0)}t"), fingerprint)
 
 
