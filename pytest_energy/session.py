@@ -27,10 +27,6 @@ class Charge:
     readings: dict[str, Reading] = field(default_factory=dict)
     closed: bool = False
 
-    @property
-    def measured(self) -> bool:
-        return bool(self.readings)
-
 
 class EnergySession:
     """Meters, run-wide settings and the results of the tests that have finished."""

@@ -115,8 +115,8 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         "--energy-train-rounds",
         metavar="N",
         default=None,
-        help="run each lifecycle test's body N times to measure its training noise, stored "
-        "with the baseline and added to the train tolerance (default 1; ini "
+        help="run each lifecycle test's body N times and record each TEC (train_repeats); "
+        "the gate judges the noise between sessions, not these repeats (default 1; ini "
         "energy_train_rounds)",
     )
     parser.addini("energy_baselines", "directory of the baseline files", default="")

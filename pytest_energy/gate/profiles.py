@@ -267,7 +267,7 @@ def make_profile(meter: str, kind: str, fingerprint: Mapping[str, Any]) -> Profi
 
 def profile_for(meter: Meter, nvml: ModuleType | None = None) -> Profile:
     """The profile of a meter in use on this machine."""
-    if meter.kind == "counted":
+    if meter.deterministic:  # the same figures on any machine
         fingerprint: dict[str, Any] = {}
     elif meter.name == "nvml":
         fingerprint = gpu_fingerprint(meter, nvml)
