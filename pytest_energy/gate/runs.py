@@ -166,8 +166,9 @@ def run_session(
         "-rf",
         *pytest_args,
         "--energy",
-        "--energy-json",
-        str(results),
+        # One argument, not two: pytest takes an existing path among its arguments as a hint
+        # for the rootdir, and the results file of the previous session exists.
+        f"--energy-json={results}",
         *extra,
     ]
     completed = subprocess.run(
@@ -385,7 +386,7 @@ def command_ab(args: argparse.Namespace) -> int:
                         trees[side] / relative,
                         pytest_args,
                         results,
-                        ["--energy-baselines", str(empty)],
+                        [f"--energy-baselines={empty}"],
                     )
                     documents[side].append(_check_session(session, labels[side]))
     except KeyboardInterrupt:
