@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.gpu_check_report import Figure, Report, StepOutcome, markdown, write_report
+from scripts.gpu_check_steps import interruptible
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = "gpu-check-out"
@@ -224,6 +225,7 @@ def step_process_main(
     target: str, name: str, step_file: Path, out_dir: Path, seconds: float
 ) -> int:
     """The child side of ``run_step_isolated``: run one step, save figures as they come."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the budget's stop: see below
     holder: dict[str, str] = {"status": "running", "error": ""}
 
     def save(context: StepContext) -> None:
@@ -302,6 +304,7 @@ def run_step_isolated(
             cwd=REPOSITORY,
             env=environment,
             start_new_session=True,
+            preexec_fn=interruptible,
         )
         try:
             returncode = process.wait(timeout=budget_seconds + grace_seconds)

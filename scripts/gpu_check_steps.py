@@ -76,6 +76,15 @@ class CommandResult:
         return ""
 
 
+def interruptible() -> None:
+    """In a new process: let SIGINT interrupt it again.
+
+    A shell without job control starts background commands with SIGINT ignored, and Python
+    keeps it ignored; pytest then could not be asked to wind down (and write its files).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_command(
     arguments: Sequence[str],
     log: Path,
@@ -101,6 +110,7 @@ def run_command(
             stdin=subprocess.DEVNULL,
             cwd=REPOSITORY,
             env=dict(environment) if environment is not None else None,
+            preexec_fn=interruptible,
         )
         try:
             process.wait(timeout=max(seconds, 1.0))
@@ -171,8 +181,10 @@ def environment(context: Any) -> None:
         import torch.distributed as dist
 
         nccl = dist.is_available() and dist.is_nccl_available()
-        version = ".".join(map(str, torch.cuda.nccl.version())) if nccl else "not available"
-        context.add("NCCL", version, kind="label")
+        version = torch.cuda.nccl.version() if nccl else "not available"
+        if isinstance(version, tuple):
+            version = ".".join(map(str, version))
+        context.add("NCCL", str(version), kind="label")
     if device() != "cuda":
         context.note(f"rehearsal on {device()}: no CUDA round trip")
         return
@@ -841,8 +853,9 @@ class BenchmarkMode:
 
 FALLBACK_VARIABLE = "GPU_CHECK_FALLBACK_DRY_RUN"
 FALLBACK_NOTE = (
-    "the benchmark has no --energy-dry-run here: ran its minimal equivalent instead (paper "
-    "scale, 1 epoch on synthetic CIFAR-shaped data, patched in by scripts/gpu_check_pytest.py)"
+    "the benchmark has no --energy-dry-run here: ran its minimal equivalent instead (the paper "
+    "scale's models on the smoke schedule and synthetic CIFAR-shaped data, patched in by "
+    "scripts/gpu_check_pytest.py)"
 )
 
 
@@ -851,41 +864,41 @@ def pruning_available() -> bool:
     return importlib.util.find_spec("torch_pruning") is not None
 
 
+def benchmark_has_dry_run(root: Path = REPOSITORY) -> bool:
+    """Whether the benchmark's conftest declares ``--energy-dry-run`` (read, not imported)."""
+    with contextlib.suppress(OSError):
+        return "--energy-dry-run" in (root / "benchmarks" / "conftest.py").read_text("utf-8")
+    return False
+
+
 def benchmark_mode(context: Any, seconds: float) -> BenchmarkMode:
     """Collect the benchmark at paper scale in dry-run mode (or its stand-in) and read labels."""
     labels_file = context.out_dir / f"{context.step}-labels.json"
     ignore = [] if pruning_available() else ["--ignore=benchmarks/test_pruning.py"]
     base = ["benchmarks/", "--collect-only", "-q", "-p", "scripts.gpu_check_pytest", *ignore]
-    environment = {**context.environment, LABELS_FILE_VARIABLE: str(labels_file)}
-    options = ("--energy-scale", "paper", "--energy-dry-run", *ignore)
+    mode_environment, note = dict(context.environment), ""
+    scale_options: tuple[str, ...] = ("--energy-scale", "paper", "--energy-dry-run")
+    stand_in: tuple[str, ...] = ()
+    if not benchmark_has_dry_run():
+        scale_options, stand_in = ("--energy-scale", "paper"), ("-p", "scripts.gpu_check_pytest")
+        mode_environment[FALLBACK_VARIABLE] = "1"
+        note = FALLBACK_NOTE
     result = run_command(
-        _pytest(context, *base, *options[:3]),
+        _pytest(context, *base, *scale_options),
         context.out_dir / "logs" / f"{context.step}-collect.log",
         seconds,
-        environment,
+        {**mode_environment, LABELS_FILE_VARIABLE: str(labels_file)},
     )
-    mode_environment, note = dict(context.environment), ""
-    output = result.output()
-    if result.returncode != 0 and "--energy-dry-run" in output and "unrecognized" in output:
-        options = ("--energy-scale", "paper", "-p", "scripts.gpu_check_pytest", *ignore)
-        mode_environment[FALLBACK_VARIABLE] = "1"
-        environment[FALLBACK_VARIABLE] = "1"
-        note = FALLBACK_NOTE
-        result = run_command(
-            _pytest(context, *base, "--energy-scale", "paper"),
-            context.out_dir / "logs" / f"{context.step}-collect-fallback.log",
-            seconds,
-            environment,
-        )
     if result.returncode != 0 or not labels_file.exists():
         raise RuntimeError(
-            f"collecting the benchmark failed (exit status {result.returncode}); "
-            f"see logs/{result.log.name}"
+            f"collecting the benchmark failed (exit status {result.returncode}"
+            + (", stopped at its time limit" if result.timed_out else "")
+            + f"); see logs/{result.log.name}"
         )
     tests = tuple(
         (nodeid, dict(labels)) for nodeid, labels in json.loads(labels_file.read_text("utf-8"))
     )
-    return BenchmarkMode(options, mode_environment, tests, note)
+    return BenchmarkMode((*scale_options, *stand_in, *ignore), mode_environment, tests, note)
 
 
 def family_of(labels: Mapping[str, str]) -> str:
@@ -958,7 +971,7 @@ def _empty_baselines(context: Any) -> str:
 
 def paper_dry_run(context: Any) -> None:
     """The reference and one method per family at paper scale, dry run, nvml + counted."""
-    mode = benchmark_mode(context, min(60.0, context.seconds_left() / 3))
+    mode = benchmark_mode(context, min(60.0, max(30.0, context.seconds_left() / 3)))
     if mode.note:
         context.note(mode.note)
     skip = {} if pruning_available() else {"pruning": "torch-pruning is not installed here"}
@@ -996,6 +1009,14 @@ def paper_dry_run(context: Any) -> None:
     if junit.exists():
         summary = read_junit(junit)
         record_junit(context, summary, "paper dry run")
+        context.add(
+            "chosen tests that passed",
+            summary.count("passed"),
+            "tests",
+            kind="outcome",
+            target=str(len(chosen)),
+            ok=summary.count("passed") == len(chosen),
+        )
         for name, outcome in summary.outcomes.items():
             context.add(
                 f"{_short(name)}: outcome",
@@ -1037,9 +1058,16 @@ def ab_available(context: Any) -> str | None:
     )
     if result.returncode != 0:
         return "pytest-energy has no ab subcommand here"
-    git = subprocess.run(
-        ["git", "rev-parse", "--verify", "HEAD"], cwd=REPOSITORY, capture_output=True, check=False
-    )
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "git cannot run here (ab compares commits)"
     if git.returncode != 0:
         return "this copy of the checkout is not a git repository (ab compares commits)"
     return None
@@ -1047,7 +1075,7 @@ def ab_available(context: Any) -> str | None:
 
 def aa_pair(context: Any) -> None:
     """Two sessions of the reference with nvml: what the gate says when nothing changed."""
-    mode = benchmark_mode(context, min(60.0, context.seconds_left() / 4))
+    mode = benchmark_mode(context, min(60.0, max(30.0, context.seconds_left() / 3)))
     if mode.note:
         context.note(mode.note)
     chosen, _ = select_per_family(mode.tests, {})

@@ -571,3 +571,31 @@ def test_the_counted_overhead_step_rehearsed_on_a_stand_in_gpu(tmp_path, stand_i
     for meters in ("nvml", "counted", "nvml + counted"):
         assert figures[f"energy.train window (empty), {meters}"].value > 0
     assert "energy.train per step, nvml + counted: slowdown of a ResNet-56 step" in figures
+
+
+def test_the_dry_run_option_is_found_in_the_benchmark_conftest_without_importing_it(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    conftest = tmp_path / "benchmarks" / "conftest.py"
+    assert not gpu_check_steps.benchmark_has_dry_run(tmp_path)
+    conftest.write_text('parser.addoption("--energy-scale")\n')
+    assert not gpu_check_steps.benchmark_has_dry_run(tmp_path)
+    conftest.write_text('group.addoption("--energy-dry-run", action="store_true")\n')
+    assert gpu_check_steps.benchmark_has_dry_run(tmp_path)
+
+
+def test_the_dry_run_stand_in_keeps_the_paper_models_on_the_smoke_schedule():
+    from benchmarks.lowcarbon.scales import PAPER, SMOKE
+    from scripts.gpu_check_pytest import dry_run_scale
+
+    scale = dry_run_scale(PAPER, SMOKE)
+
+    assert scale.name == "paper"
+    assert (scale.base_depth, scale.student_depth, scale.settings) == (
+        PAPER.base_depth,
+        PAPER.student_depth,
+        PAPER.settings,
+    )
+    assert (scale.base_epochs, scale.distill_epochs) == (SMOKE.base_epochs, SMOKE.distill_epochs)
+    assert scale.synthetic_train_count == SMOKE.synthetic_train_count > 0
+    assert scale.search.retrain_cells == PAPER.search.retrain_cells
+    assert scale.search.search_epochs == SMOKE.search.search_epochs
