@@ -356,8 +356,13 @@ def run_steps(
     environment: dict[str, str] | None = None,
     python: str = sys.executable,
     progress: Callable[[str], None] = print,
+    after_step: Callable[[list[StepOutcome], list[Figure]], None] | None = None,
 ) -> tuple[list[StepOutcome], list[Figure]]:
-    """Run every step within the run's time limit; later steps shrink or skip when it runs out."""
+    """Run every step within the run's time limit; later steps shrink or skip when it runs out.
+
+    ``after_step`` sees the outcomes and figures so far after each step (the report is
+    rewritten then, so even a run killed from outside leaves one).
+    """
     run_deadline = time.monotonic() + total_seconds - REPORT_RESERVE_SECONDS
     outcomes: list[StepOutcome] = []
     figures: list[Figure] = []
@@ -386,6 +391,8 @@ def run_steps(
             outcome, step_figures = run_step_inline(step, out_dir, budget)
         figures += step_figures
         outcomes.append(outcome)
+        if after_step is not None:
+            after_step(outcomes, figures)
         detail = f": {outcome.error}" if outcome.error else ""
         progress(
             f"gpu-check [{number}/{len(steps)}] {step.name}: {outcome.status} "
@@ -598,19 +605,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.labels["plugin"] = "loaded from this checkout through a dist-info entry point shim"
     else:
         report.labels["plugin"] = "installed pytest11 entry point"
+
+    def save(outcomes: list[StepOutcome], figures: list[Figure]) -> tuple[Path, Path]:
+        report.steps, report.figures = list(outcomes), list(figures)
+        report.labels.update(
+            {figure.name: str(figure.value) for figure in figures if figure.kind == "label"}
+        )
+        return write_report(report, out_dir)
+
     try:
         outcomes, figures = run_steps(
-            steps, out_dir, args.total_seconds, environment=step_environment(shim_folder)
+            steps,
+            out_dir,
+            args.total_seconds,
+            environment=step_environment(shim_folder),
+            after_step=save,
         )
     finally:
         if shim_folder is not None:
             shutil.rmtree(shim_folder, ignore_errors=True)
-    report.steps = outcomes
-    report.figures = figures
-    report.labels.update(
-        {figure.name: str(figure.value) for figure in figures if figure.kind == "label"}
-    )
-    json_path, markdown_path = write_report(report, out_dir)
+    json_path, markdown_path = save(outcomes, figures)
     print()
     print(markdown(report))
     print(f"gpu-check: wrote {json_path} and {markdown_path}")

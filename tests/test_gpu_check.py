@@ -310,12 +310,14 @@ def fake_step(function: str, budget: float = 30.0) -> Step:
 
 
 def test_a_step_that_raises_still_yields_a_report_and_the_next_step_runs(tmp_path, step_module):
+    seen: list[tuple[int, int]] = []
     outcomes, figures = run_steps(
         [fake_step("records_then_raises"), fake_step("fine")],
         tmp_path,
         total_seconds=60,
         isolate=False,
         progress=lambda line: None,
+        after_step=lambda outcomes, figures: seen.append((len(outcomes), len(figures))),
     )
 
     assert [(outcome.name, outcome.status) for outcome in outcomes] == [
@@ -324,6 +326,7 @@ def test_a_step_that_raises_still_yields_a_report_and_the_next_step_runs(tmp_pat
     ]
     assert outcomes[0].error == "RuntimeError: the GPU fell off the bus"
     assert [figure.name for figure in figures] == ["before the error", "a figure"]
+    assert seen == [(1, 1), (2, 2)]  # the report can be rewritten after every step
     json_path, _ = write_report(Report({}, outcomes, figures), tmp_path)
     assert json.loads(json_path.read_text())["steps"][0]["status"] == "failed"
 
@@ -601,3 +604,31 @@ def test_the_dry_run_stand_in_keeps_the_paper_models_on_the_smoke_schedule():
     assert scale.synthetic_train_count == SMOKE.synthetic_train_count > 0
     assert scale.search.retrain_cells == PAPER.search.retrain_cells
     assert scale.search.search_epochs == SMOKE.search.search_epochs
+
+
+def test_a_whole_run_on_a_stand_in_gpu_writes_and_prints_the_report(tmp_path):
+    environment = python_path(FAKE_NVML.parent)
+    environment[gpu_check_steps.DEVICE_VARIABLE] = "cpu"
+    out = tmp_path / "gpu-check"
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "scripts.gpu_check", "--out", str(out), "--only", "environment"],
+        cwd=REPOSITORY,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    document = json.loads((out / "gpu-check.json").read_text())
+    assert document["labels"]["GPU gpu:0"].startswith("Stand-in GPU (tests/gpu_check_fake)")
+    assert document["labels"]["driver"] == "0.0-fake"
+    assert document["labels"]["torch"]
+    assert [(step["name"], step["status"]) for step in document["steps"]] == [("environment", "ok")]
+    assert document["steps"][0]["notes"] == ["rehearsal on cpu: no CUDA round trip"]
+    assert "| environment | ok | 0 |" in finished.stdout
+    assert finished.stdout.rstrip().endswith(
+        f"wrote {out / 'gpu-check.json'} and {out / 'gpu-check.md'}"
+    )
+    assert (out / "logs" / "environment.log").exists()
