@@ -73,7 +73,7 @@ STEPS: tuple[Step, ...] = (
         "nvml-tests",
         "tests/test_meter_nvml.py against the real driver",
         "scripts.gpu_check_steps:nvml_tests",
-        45,
+        35,
     ),
     Step(
         "nvml-counter",
@@ -93,7 +93,7 @@ STEPS: tuple[Step, ...] = (
         "paper-dry-run",
         "paper-scale benchmark in dry-run mode: reference + one method per family, nvml + counted",
         "scripts.gpu_check_steps:paper_dry_run",
-        115,
+        125,
     ),
     Step(
         "aa-pair",

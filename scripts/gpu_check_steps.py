@@ -230,7 +230,7 @@ def nvml_tests(context: Any) -> None:
     result = run_command(
         _pytest(context, "tests/test_meter_nvml.py", "-q", "-rA", f"--junitxml={junit}"),
         context.out_dir / "logs" / "nvml-tests-pytest.log",
-        context.seconds_left() - 12,
+        context.seconds_left() - 3,
         context.environment,
     )
     if not junit.exists():
@@ -1001,7 +1001,7 @@ def paper_dry_run(context: Any) -> None:
     result = run_command(
         command,
         context.out_dir / "logs" / "paper-dry-run-pytest.log",
-        context.seconds_left() - 12,
+        context.seconds_left() - 3,
         mode.environment,
     )
     if result.timed_out:
@@ -1108,7 +1108,7 @@ def aa_pair(context: Any) -> None:
                 *session,
             ),
             context.out_dir / "logs" / "aa-ab.log",
-            context.seconds_left() - 12,
+            context.seconds_left() - 3,
             mode.environment,
         )
         if result.returncode in (0, 1) and not result.timed_out:
@@ -1131,7 +1131,7 @@ def aa_pair(context: Any) -> None:
     paths = []
     for number in (1, 2):
         path = context.out_dir / f"aa-session-{number}.json"
-        seconds = (context.seconds_left() - 15) / (3 - number)
+        seconds = (context.seconds_left() - 8) / (3 - number)
         result = run_command(
             _pytest(context, *session, f"--energy-json={path}"),
             context.out_dir / "logs" / f"aa-session-{number}.log",
