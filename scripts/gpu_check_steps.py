@@ -145,6 +145,8 @@ def read_junit(path: Path) -> JunitSummary:
     """Each test case of a junit XML file: ``passed``, ``failed``, ``error`` or ``skipped``."""
     summary = JunitSummary()
     for case in ElementTree.parse(path).getroot().iter("testcase"):
+        if not case.get("name"):
+            continue  # pytest's record of an interrupted session, not a test
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         outcome, message = "passed", ""
         for child in case:
@@ -239,10 +241,9 @@ def nvml_tests(context: Any) -> None:
             + (", stopped at its time limit" if result.timed_out else "")
             + "); see logs/nvml-tests-pytest.log"
         )
-    record_junit(context, read_junit(junit), "tests/test_meter_nvml.py")
-    real = [name for name in read_junit(junit).outcomes if "real_gpu" in name]
     summary = read_junit(junit)
-    for name in real:
+    record_junit(context, summary, "tests/test_meter_nvml.py")
+    for name in [name for name in summary.outcomes if "real_gpu" in name]:
         context.add(
             name.rsplit("::", 1)[-1],
             summary.outcomes[name],
@@ -960,7 +961,14 @@ def _figure_kind(kind: str) -> str:
 
 
 def _short(nodeid: str) -> str:
+    """``benchmarks/test_x.py::test_y`` as ``test_x.py::test_y``."""
     return nodeid.split("/")[-1]
+
+
+def _short_junit(name: str) -> str:
+    """A junit ``benchmarks.test_x::test_y`` as ``test_x.py::test_y``, like ``_short``."""
+    module, _, test = name.partition("::")
+    return f"{module.rsplit('.', 1)[-1]}.py::{test}"
 
 
 def _empty_baselines(context: Any) -> str:
@@ -1019,14 +1027,25 @@ def paper_dry_run(context: Any) -> None:
         )
         for name, outcome in summary.outcomes.items():
             context.add(
-                f"{_short(name)}: outcome",
+                f"{_short_junit(name)}: outcome",
                 outcome,
                 kind="outcome",
                 target="passed",
                 ok=outcome == "passed",
                 note=summary.messages[name],
             )
-            context.add(f"{_short(name)}: seconds", summary.seconds[name], "s", kind="timed")
+            context.add(f"{_short_junit(name)}: seconds", summary.seconds[name], "s", kind="timed")
+        ran = {name.rsplit("::", 1)[-1] for name in summary.outcomes}
+        for _, nodeid in chosen:
+            if nodeid.rsplit("::", 1)[-1] not in ran:
+                context.add(
+                    f"{_short(nodeid)}: outcome",
+                    "not run",
+                    kind="outcome",
+                    target="passed",
+                    ok=False,
+                    note="the session ended first",
+                )
     if not results.exists():
         raise RuntimeError(
             f"the session wrote no results file (exit status {result.returncode}); "

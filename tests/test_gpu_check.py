@@ -473,6 +473,7 @@ def test_results_and_junit_files_are_read_into_figures(tmp_path):
         '<failure message="assert 1 == 2">trace</failure></testcase>'
         '<testcase classname="tests.test_x" name="test_gpu" time="0">'
         '<skipped message="needs an NVIDIA driver"/></testcase>'
+        '<testcase time="0.01"/>'  # what pytest adds for an interrupted session
         "</testsuite></testsuites>"
     )
     summary = gpu_check_steps.read_junit(junit)
@@ -632,3 +633,129 @@ def test_a_whole_run_on_a_stand_in_gpu_writes_and_prints_the_report(tmp_path):
         f"wrote {out / 'gpu-check.json'} and {out / 'gpu-check.md'}"
     )
     assert (out / "logs" / "environment.log").exists()
+
+
+REFERENCE = "benchmarks/test_baseline.py::test_uncompressed_base_model"
+KD = "benchmarks/test_distillation.py::test_distillation[kd]"
+
+
+def results_document(tec_joules: float) -> dict:
+    meters = {
+        "nvml": {"kind": "measured", "tec_joules": tec_joules, "iec_joules_per_sample": 0.2},
+        "counted": {"kind": "counted", "tec_joules": 14.7, "iec_joules_per_sample": 4e-4},
+    }
+    return {"tests": {REFERENCE: {"meters": meters}}}
+
+
+class FakeSessions:
+    """Stands in for the pytest sessions a step starts: writes the files pytest would."""
+
+    def __init__(self, tec_joules=(100.0, 103.0)):
+        self.commands: list[list[str]] = []
+        self.tec_joules = list(tec_joules)
+
+    def __call__(self, arguments, log, seconds, environment=None, wind_down_seconds=10.0):
+        self.commands.append(list(arguments))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("fake\n")
+        options = dict(
+            arg.split("=", 1) for arg in arguments if arg.startswith("--") and "=" in arg
+        )
+        if "--junitxml" in options:
+            Path(options["--junitxml"]).write_text(
+                '<testsuites><testsuite><testcase classname="benchmarks.test_baseline" '
+                'name="test_uncompressed_base_model" time="12.5"/><testcase time="0"/>'
+                "</testsuite></testsuites>"
+            )
+        if "--energy-json" in options:
+            document = results_document(self.tec_joules.pop(0))
+            Path(options["--energy-json"]).write_text(json.dumps(document))
+        if "compare" in arguments:
+            verdicts = {"nodeid": REFERENCE, "meters": [{"meter": "nvml", "verdict": "unchanged"}]}
+            Path(arguments[arguments.index("--json") + 1]).write_text(
+                json.dumps({"tests": [verdicts]})
+            )
+        return gpu_check_steps.CommandResult(0, False, 0.1, log)
+
+
+@pytest.fixture
+def fake_benchmark(monkeypatch):
+    mode = gpu_check_steps.BenchmarkMode(
+        options=("--energy-scale", "paper", "--energy-dry-run"),
+        environment={},
+        tests=(
+            (REFERENCE, {"family": "baseline", "method": "uncompressed"}),
+            (KD, {"family": "distillation", "method": "kd"}),
+        ),
+    )
+    monkeypatch.setattr(gpu_check_steps, "benchmark_mode", lambda context, seconds: mode)
+    sessions = FakeSessions()
+    monkeypatch.setattr(gpu_check_steps, "run_command", sessions)
+    return sessions
+
+
+def test_the_paper_dry_run_step_reads_outcomes_and_energy_per_test_and_meter(
+    tmp_path, fake_benchmark
+):
+    context = StepContext("paper-dry-run", tmp_path, budget_seconds=60)
+
+    gpu_check_steps.paper_dry_run(context)
+
+    (command,) = fake_benchmark.commands
+    assert command[command.index("pytest") + 3 : command.index("pytest") + 5] == [REFERENCE, KD]
+    assert "--energy-dry-run" in command
+    assert command[command.index("--energy-meter") + 1] == "nvml,counted"
+    figures = {figure.name: figure for figure in context.figures}
+    assert figures["chosen tests that passed"].value == 1
+    assert figures["chosen tests that passed"].ok is False
+    assert figures["test_baseline.py::test_uncompressed_base_model: outcome"].value == "passed"
+    assert figures["test_baseline.py::test_uncompressed_base_model: seconds"].value == 12.5
+    assert figures["test_distillation.py::test_distillation[kd]: outcome"].value == "not run"
+    nvml_tec = figures["test_baseline.py::test_uncompressed_base_model: TEC, nvml"]
+    assert (nvml_tec.value, nvml_tec.unit, nvml_tec.kind) == (100.0, "J", "measured")
+    counted_iec = figures["test_baseline.py::test_uncompressed_base_model: IEC, counted"]
+    assert (counted_iec.value, counted_iec.unit, counted_iec.kind) == (4e-4, "J/sample", "counted")
+
+
+def test_the_aa_step_without_ab_runs_two_sessions_and_compares_them(
+    tmp_path, fake_benchmark, monkeypatch
+):
+    monkeypatch.setattr(gpu_check_steps, "ab_available", lambda context: "no ab here")
+    context = StepContext("aa-pair", tmp_path, budget_seconds=60)
+
+    gpu_check_steps.aa_pair(context)
+
+    first, second, compare = fake_benchmark.commands
+    assert first[first.index("--energy-meter") + 1] == "nvml"
+    assert [arg for arg in first if not arg.startswith("--energy-json")] == [
+        arg for arg in second if not arg.startswith("--energy-json")
+    ]
+    assert compare[compare.index("compare") + 1 :][:2] == [
+        str(tmp_path / "aa-session-1.json"),
+        str(tmp_path / "aa-session-2.json"),
+    ]
+    assert context.notes == ["no ab here: ran two sessions + pytest-energy compare instead"]
+    figures = {figure.name: figure for figure in context.figures}
+    name = "test_baseline.py::test_uncompressed_base_model, nvml"
+    assert figures[f"{name}: TEC session 1"].value == 100.0
+    assert figures[f"{name}: TEC session 2 vs 1"].value == pytest.approx(3.0)
+    verdict = figures["test_baseline.py::test_uncompressed_base_model: gate verdict, nvml"]
+    assert (verdict.value, verdict.ok) == ("unchanged", True)
+
+
+def test_the_aa_step_uses_pytest_energy_ab_where_it_can_run(tmp_path, fake_benchmark, monkeypatch):
+    monkeypatch.setattr(gpu_check_steps, "ab_available", lambda context: None)
+    context = StepContext("aa-pair", tmp_path, budget_seconds=60)
+
+    gpu_check_steps.aa_pair(context)
+
+    (command,) = fake_benchmark.commands
+    cli = command.index("pytest_energy.cli")
+    assert command[cli + 1 : cli + 7] == ["ab", "HEAD", "HEAD", "--pairs", "1", "--"]
+    assert command[cli + 7] == REFERENCE
+    figure = context.figures[-1]
+    assert (figure.name, figure.value, figure.ok) == (
+        "pytest-energy ab HEAD HEAD --pairs 1: exit status",
+        0,
+        True,
+    )
