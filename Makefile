@@ -1,6 +1,8 @@
 # One command sets everything up and does the job:
 #   make bench   create .venv, install pytest-energy, run the benchmark with --energy
 #   make test    create .venv, install pytest-energy with its test extra, lint, run the tests
+#   make gpu-check  on a GPU machine, with its own python3 and nothing installed: check the
+#                   meters on the real GPU; report in GPU_CHECK_OUT (see scripts/GPU_RUN.md)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,8 +10,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_CHECK_PYTHON ?= python3
 
-.PHONY: install bench test lint overhead clean
+.PHONY: install bench test lint overhead gpu-check clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +34,9 @@ lint: $(INSTALLED)
 
 overhead: $(INSTALLED)
 	$(BIN)/python -m benchmarks.overhead
+
+gpu-check:
+	PYTHONPATH=. $(GPU_CHECK_PYTHON) -m scripts.gpu_check --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
