@@ -56,6 +56,7 @@ class Scale:
     qat_epochs: float
     qat_learning_rate: float
     distill_epochs: float
+    hint_epochs: float
     crd_negatives: int
     search: SearchScale
     deployment_batch_size: int
@@ -87,6 +88,7 @@ SMOKE = Scale(
     qat_epochs=1,
     qat_learning_rate=0.005,
     distill_epochs=3,
+    hint_epochs=1,
     crd_negatives=1024,
     search=SearchScale(
         cells=3,
@@ -124,6 +126,7 @@ PAPER = Scale(
     qat_epochs=10,
     qat_learning_rate=0.001,
     distill_epochs=240,
+    hint_epochs=30,
     crd_negatives=16384,
     search=SearchScale(
         cells=8,
