@@ -164,3 +164,23 @@ def test_quantization_aware_training_converts_to_int8(float_model):
     assert is_int8_model(quantized)
     assert "quantized::conv2d_relu" in executed_operators(quantized, train.images[:2])
     assert not is_int8_model(float_model)
+
+
+@pytest.mark.parametrize("bits", [4, 7])
+def test_aciq_clips_one_sided_post_relu_values_above_only_and_beats_min_max(bits):
+    """Post-ReLU activations are a half-normal plus zeros: ACIQ keeps 0 as the range's floor
+    and clips the upper tail, with less quantization MSE than the plain min/max range."""
+    generator = torch.Generator().manual_seed(0)
+    half_normal = torch.randn(1, 100_000, generator=generator).abs()
+    rows = torch.cat([half_normal, torch.zeros(1, 50_000)], dim=1)
+    lowest, highest = rows.amin(dim=1), rows.amax(dim=1)
+    levels = 2**bits
+    observer = torch.ao.quantization.MinMaxObserver(quant_min=0, quant_max=levels - 1)
+
+    low, high = choose_clipping_range(
+        rows, lowest, highest, "aciq", observer._calculate_qparams, (0, levels - 1)
+    )
+
+    assert low.item() == 0.0 and 0 < high.item() < highest.item()
+    clipped_error = uniform_quantization_error(rows, low, high, levels)
+    assert clipped_error < uniform_quantization_error(rows, lowest, highest, levels)

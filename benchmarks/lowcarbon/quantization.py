@@ -103,6 +103,38 @@ def _aciq_clip_value(values: Tensor, lowest: float, highest: float, levels: int)
     return float(minimize_scalar(expected_error, bounds=(widest * 1e-3, widest)).x)
 
 
+def _aciq_one_sided_clip_value(values: Tensor, highest: float, levels: int) -> float:
+    """ACIQ for one-sided (post-ReLU) values, clipped to [0, α]: the positive values are fitted
+    by the one-sided prior (exponential, i.e. a folded Laplace, or half-normal, whichever is
+    likelier), only the upper tail is clipped, and the rounding step is α / levels, since the
+    whole range [0, α] is spent on values ≥ 0. Zeros are exact at any α."""
+    data = values.double()
+    positive = data[data > 0]
+    if positive.numel() == 0:
+        return max(highest, 1e-12)
+    positive_share = positive.numel() / data.numel()
+    exponential_scale = positive.mean().clamp_min(1e-12).item()
+    half_normal_std = positive.pow(2).mean().sqrt().clamp_min(1e-12).item()
+    exponential_log_likelihood = -math.log(exponential_scale) - 1
+    half_normal_log_likelihood = 0.5 * math.log(2 / math.pi) - math.log(half_normal_std) - 0.5
+    use_exponential = exponential_log_likelihood >= half_normal_log_likelihood
+
+    def tail_error(clip: float) -> float:
+        if use_exponential:
+            return 2 * exponential_scale**2 * math.exp(-clip / exponential_scale)
+        ratio = clip / half_normal_std
+        mass_beyond = 1 - erf(ratio / math.sqrt(2))
+        density = 2 * math.exp(-(ratio**2) / 2) / math.sqrt(2 * math.pi)
+        return half_normal_std**2 * ((1 + ratio**2) * mass_beyond - ratio * density)
+
+    def expected_error(clip: float) -> float:
+        clipping = tail_error(clip) if clip < highest else 0.0
+        return positive_share * clipping + (clip / levels) ** 2 / 12
+
+    widest = max(highest, 1e-12)
+    return float(minimize_scalar(expected_error, bounds=(widest * 1e-3, widest)).x)
+
+
 def choose_clipping_range(
     rows: Tensor,
     lowest: Tensor,
@@ -112,6 +144,7 @@ def choose_clipping_range(
     quant_range: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
     """Per-row (per-channel, or one row per tensor) clipping range [low, high] by `method`.
+    ACIQ clips a row with no negative value (post-ReLU) on its upper side only.
 
     `qparams` turns a range into (scale, zero point) exactly as the converted model will, so
     the OMSE search measures the error of the quantizer that will really run.
@@ -123,6 +156,9 @@ def choose_clipping_range(
         levels = quant_max - quant_min + 1
         low, high = lowest.clone(), highest.clone()
         for index, row in enumerate(rows):
+            if lowest[index].item() >= 0:
+                high[index] = _aciq_one_sided_clip_value(row, highest[index].item(), levels)
+                continue
             half_width = _aciq_clip_value(row, lowest[index].item(), highest[index].item(), levels)
             mean = row.mean().item()
             low[index] = max(lowest[index].item(), mean - half_width)
