@@ -184,3 +184,25 @@ def test_aciq_clips_one_sided_post_relu_values_above_only_and_beats_min_max(bits
     assert low.item() == 0.0 and 0 < high.item() < highest.item()
     clipped_error = uniform_quantization_error(rows, low, high, levels)
     assert clipped_error < uniform_quantization_error(rows, lowest, highest, levels)
+
+
+def test_zeroq_loss_is_squared_per_image_and_includes_the_input_term():
+    """One BN layer recording mean 0, std 1 (ZeroQ's input target too): images offset by +d and
+    −d have a pooled batch mean of 0, yet each image is d off in all 3 channels, at the BN layer
+    and at the input, so ZeroQ's loss is 2 × 3 × d² (plus the std terms, ~0 here)."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).eval()
+    generator = torch.Generator().manual_seed(0)
+    unit = torch.randn(2, 3, 32, 32, generator=generator)
+    unit = (unit - unit.mean(dim=(2, 3), keepdim=True)) / unit.std(dim=(2, 3), keepdim=True)
+    offsets = torch.tensor([1.0, -1.0])[:, None, None, None]
+
+    for offset in (1.0, 2.0):
+        loss = batch_norm_mismatch(model, unit + offset * offsets)
+        assert loss == pytest.approx(2 * 3 * offset**2, rel=1e-3)
+
+
+def test_zeroq_stage_is_labelled_without_its_mixed_precision_half():
+    from benchmarks.test_quantization import test_zeroq_data_free_int8
+
+    (marker,) = [mark for mark in test_zeroq_data_free_int8.pytestmark if mark.name == "lifecycle"]
+    assert "mixed-precision" in marker.kwargs["omitted"]

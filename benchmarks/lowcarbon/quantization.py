@@ -15,7 +15,9 @@ Post-training calibration methods differ in how each tensor's clipping range is 
 - `omse`    Choukroun et al. 2019, "Low-bit Quantization of Neural Networks for Efficient
             Inference": search the clipping range that minimises the measured quantization MSE.
 - `zeroq`   Cai et al. 2020, "ZeroQ": no data; synthesise inputs whose batch-norm statistics
-            match the model's, then calibrate min-max on them.
+            match the model's (squared norms, per image, plus the input term), then calibrate
+            min-max on them. ZeroQ's other half, its Pareto-frontier mixed-precision bit
+            allocation, is not built: every layer is int8 (labelled `omitted`).
 
 `simulate_pwlq` is Fang et al. 2020, "Post-Training Piecewise Linear Quantization": 4-bit
 weights, simulated in fp32 since no 4-bit CPU kernels exist. `quantization_aware_training` is
@@ -288,66 +290,78 @@ def post_training_quantize(
         return convert_fx(prepared)
 
 
-def _statistics_distance(norm: nn.Module, inputs: Tensor) -> Tensor:
-    """‖batch mean − running mean‖₂ + ‖batch std − running std‖₂ of a BN layer's input."""
+def _statistics_loss(
+    inputs: Tensor, target_mean: Tensor, target_std: Tensor, eps: float = 1e-5
+) -> Tensor:
+    """ZeroQ's statistic loss at one layer: ‖μ̃ − μ‖²₂ + ‖σ̃ − σ‖²₂ summed over the batch's
+    images and divided by their number, where μ̃, σ̃ are each image's per-channel mean and
+    standard deviation (ZeroQ's reference code matches every image, not the batch's pooled
+    statistics, to the layer's recorded μ, σ)."""
+    flat = inputs.flatten(2)
+    image_mean = flat.mean(dim=2)
+    image_std = (flat.var(dim=2) + eps).sqrt()
+    count = inputs.shape[0]
+    mean_term = (image_mean - target_mean).pow(2).sum() / count
+    std_term = (image_std - target_std).pow(2).sum() / count
+    return mean_term + std_term
+
+
+def _batch_norm_loss(norm: nn.Module, inputs: Tensor) -> Tensor:
     assert isinstance(norm, nn.BatchNorm2d)
-    batch_mean = inputs.mean(dim=(0, 2, 3))
-    batch_std = (inputs.var(dim=(0, 2, 3), unbiased=False) + norm.eps).sqrt()
+    assert norm.running_mean is not None and norm.running_var is not None
     recorded_std = (norm.running_var + norm.eps).sqrt()
-    return torch.linalg.vector_norm(batch_mean - norm.running_mean) + torch.linalg.vector_norm(
-        batch_std - recorded_std
-    )
+    return _statistics_loss(inputs, norm.running_mean, recorded_std, norm.eps)
+
+
+def _input_loss(images: Tensor) -> Tensor:
+    """ZeroQ's input term: normalised inputs have per-channel mean 0 and standard deviation 1."""
+    channels = images.shape[1]
+    zeros = torch.zeros(channels, device=images.device)
+    return _statistics_loss(images, zeros, torch.ones_like(zeros))
+
+
+def _zeroq_loss(model: nn.Module, images: Tensor) -> Tensor:
+    """ZeroQ's objective: the statistic loss at the input of every batch-norm layer plus the
+    input term."""
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    losses: list[Tensor] = []
+
+    def compare_statistics(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        losses.append(_batch_norm_loss(module, inputs[0]))
+
+    hooks = [norm.register_forward_hook(compare_statistics) for norm in norms]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(losses).sum() + _input_loss(images)
 
 
 def synthesize_calibration_images(
     model: nn.Module, count: int, steps: int, seed: int, learning_rate: float = 0.5
 ) -> Tensor:
-    """ZeroQ's distilled data: Gaussian noise optimised (Adam) until every batch-norm layer sees
-    the mean and standard deviation it recorded in training. Uses no real image."""
+    """ZeroQ's distilled data (Cai et al. 2020, §3.2): Gaussian noise optimised with Adam until
+    every batch-norm layer sees, per image, the mean and standard deviation it recorded in
+    training, and the input itself has mean 0 and standard deviation 1. Uses no real image."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(count, 3, 32, 32, generator=generator).to(device).requires_grad_()
-    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
-    mismatch: list[Tensor] = []
-
-    def compare_statistics(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
-        mismatch.append(_statistics_distance(module, inputs[0]))
-
-    hooks = [norm.register_forward_hook(compare_statistics) for norm in norms]
     optimizer = torch.optim.Adam([images], lr=learning_rate)
-    try:
-        for _ in range(steps):
-            mismatch.clear()
-            model(images)
-            loss = torch.stack(mismatch).sum()
-            (gradient,) = torch.autograd.grad(loss, images)
-            optimizer.zero_grad(set_to_none=True)
-            images.grad = gradient
-            optimizer.step()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    for _ in range(steps):
+        (gradient,) = torch.autograd.grad(_zeroq_loss(model, images), images)
+        optimizer.zero_grad(set_to_none=True)
+        images.grad = gradient
+        optimizer.step()
     return images.detach()
 
 
 def batch_norm_mismatch(model: nn.Module, images: Tensor) -> float:
-    """Summed distance between the batch statistics `images` produce at every BN layer and
-    the running statistics stored there (what ZeroQ minimises)."""
-    distances: list[float] = []
-    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
-
-    def add_distance(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
-        distances.append(_statistics_distance(module, inputs[0]).item())
-
-    hooks = [norm.register_forward_hook(add_distance) for norm in norms]
-    try:
-        with torch.no_grad():
-            model.eval()(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(distances)
+    """ZeroQ's loss for `images`: squared distance between their per-image statistics and the
+    statistics recorded at every BN layer, plus the input term (what ZeroQ minimises)."""
+    with torch.no_grad():
+        return _zeroq_loss(model.eval(), images).item()
 
 
 def zeroq_quantize(model: nn.Module, samples: int, steps: int, seed: int) -> GraphModule:
