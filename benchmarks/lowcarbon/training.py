@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split, iterate_batches
+from .models import fold_batch_norm
 
 BatchLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(images, labels, sample indices) -> scalar loss to minimise."""
@@ -130,8 +131,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> float:
 
 
 def inference_call(model: nn.Module, batch: Tensor) -> Callable[[], Tensor]:
-    """The deployment workload whose energy is IEC: one eval-mode forward pass over `batch`."""
-    model.eval()
+    """The deployment workload whose energy is IEC: one eval-mode forward pass over `batch` of
+    the model as deployed, batch norm folded into its convs (`fold_batch_norm`) like the int8
+    and PWLQ models, so every row of the table runs the same kind of graph."""
+    model = fold_batch_norm(model)
 
     def run_batch() -> Tensor:
         with torch.inference_mode():
