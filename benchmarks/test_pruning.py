@@ -16,7 +16,11 @@ METHOD_NAMES = {"l1": "l1-norm", "fpgm": "fpgm", "apoz": "network-trimming", "ta
 
 def criterion(name: str) -> pytest.param:
     labels = pytest.mark.lifecycle(
-        family="pruning", method=METHOD_NAMES[name], model="{base}", dataset="{dataset}"
+        family="pruning",
+        method=METHOD_NAMES[name],
+        model="{base}",
+        dataset="{dataset}",
+        schedule="one-shot",
     )
     return pytest.param(name, marks=labels, id=METHOD_NAMES[name])
 

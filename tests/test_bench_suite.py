@@ -78,6 +78,17 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
     assert labels["test_distillation[crd]"]["model"] == student
     assert labels["test_distillation[crd]"]["teacher"] == base
     assert labels["test_pwlq_4bit_simulated"]["simulated"] == "yes"
+    assert "mixed-precision" in labels["test_zeroq_data_free_int8"]["omitted"]
+    for search in ("test_darts", "test_random_search"):
+        assert set(labels[search]["omitted"].split("+")) == {
+            "sep_conv_5x5",
+            "dil_conv_5x5",
+            "cutout",
+            "drop-path",
+            "auxiliary-head",
+        }
+    assert labels["test_darts"]["variant"] == "first-order"
+    assert labels["test_channel_pruning[taylor]"]["schedule"] == "one-shot"
     methods = [(entry["family"], entry["method"]) for entry in labels.values()]
     assert len(methods) == len(set(methods)), "each method is one test"
 
