@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.lowcarbon.distillation import DISTILLATION_METHODS, distill, fitnets_hint_stage
 from benchmarks.lowcarbon.models import CifarResNet, count_parameters
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import evaluate, measure_inference
 
 
 def method(name: str) -> pytest.param:
@@ -56,4 +56,4 @@ def test_distillation(energy, base_model, data, scale, name):
         )
 
     energy.accuracy = evaluate(student, data.test)
-    energy.inference(inference_call(student, data.batch), samples=len(data.batch))
+    measure_inference(energy, student, data.batch)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.lowcarbon.nas import CellNetwork, darts_search, random_search
-from benchmarks.lowcarbon.training import evaluate, inference_call, train_classifier
+from benchmarks.lowcarbon.training import evaluate, measure_inference, train_classifier
 
 DARTS_OMISSIONS = "sep_conv_5x5+dil_conv_5x5+cutout+drop-path+auxiliary-head"
 """What the DARTS space and final training here leave out of Liu et al. 2019 (both methods share
@@ -45,7 +45,7 @@ def retrain_and_measure(energy, data, scale, genotype) -> None:
             data.augment,
         )
     energy.accuracy = evaluate(model, data.test)
-    energy.inference(inference_call(model, data.batch), samples=len(data.batch))
+    measure_inference(energy, model, data.batch)
 
 
 def search_split(data, scale):

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.lowcarbon.models import count_parameters
 from benchmarks.lowcarbon.pruning import PRUNING_CRITERIA, prune_channels
-from benchmarks.lowcarbon.training import evaluate, inference_call, train_classifier
+from benchmarks.lowcarbon.training import evaluate, measure_inference, train_classifier
 
 METHOD_NAMES = {"l1": "l1-norm", "fpgm": "fpgm", "apoz": "network-trimming", "taylor": "taylor"}
 
@@ -44,5 +44,5 @@ def test_channel_pruning(energy, base_model, data, scale, name):
         )
 
     energy.accuracy = evaluate(model, data.test)
-    energy.inference(inference_call(model, data.batch), samples=len(data.batch))
+    measure_inference(energy, model, data.batch)
     assert count_parameters(model) < count_parameters(base_model.model)

@@ -15,7 +15,7 @@ from benchmarks.lowcarbon.quantization import (
     simulate_pwlq,
     synthesize_calibration_images,
 )
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import evaluate, measure_inference
 
 INT8 = {"precision": "int8", "kernels": "int8-cpu"}
 
@@ -41,7 +41,7 @@ def test_post_training_int8(energy, base_model, data, scale, name):
 
     assert is_int8_model(model)
     energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
 @quantization("ptq-zeroq", omitted="mixed-precision-bit-allocation", **INT8)
@@ -57,7 +57,7 @@ def test_zeroq_data_free_int8(energy, base_model, data, scale):
 
     assert is_int8_model(model)
     energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
 @quantization("pwlq-4bit", precision="w4-piecewise", kernels="fp32", simulated="yes")
@@ -68,7 +68,7 @@ def test_pwlq_4bit_simulated(energy, base_model, data):
         model = simulate_pwlq(base_model.model, bits=4)
 
     energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
 @quantization("qat", **INT8)
@@ -83,4 +83,4 @@ def test_quantization_aware_training(energy, base_model, data, scale):
 
     assert is_int8_model(model)
     energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())

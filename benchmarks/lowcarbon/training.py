@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,3 +142,10 @@ def inference_call(model: nn.Module, batch: Tensor) -> Callable[[], Tensor]:
             return model(batch)
 
     return run_batch
+
+
+def measure_inference(energy: Any, model: nn.Module, batch: Tensor) -> None:
+    """IEC of `model` deployed (`inference_call`) on `batch`, measured where it runs: on the
+    batch's device, so a CPU-only int8 model on a GPU machine is left to the CPU meters and the
+    counted meter (`energy.inference(runs_on=...)`), never charged GPU idle power."""
+    energy.inference(inference_call(model, batch), samples=len(batch), runs_on=batch.device.type)
