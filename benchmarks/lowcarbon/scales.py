@@ -109,7 +109,7 @@ SMOKE = Scale(
     ),
     deployment_batch_size=64,
     synthetic_train_count=3000,
-    synthetic_test_count=1000,
+    synthetic_test_count=1024,
 )
 
 PAPER = Scale(
