@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.lowcarbon.training import evaluate, measure_inference
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 
 @pytest.mark.lifecycle(
@@ -13,7 +13,7 @@ from benchmarks.lowcarbon.training import evaluate, measure_inference
 def test_uncompressed_base_model(energy, base_model, data):
     energy.charge(base_model.training)
 
-    energy.accuracy = evaluate(base_model.model, data.test)
+    record_accuracy(energy, base_model.model, data.test)
     measure_inference(energy, base_model.model, data.batch)
 
     chance = 1 / data.num_classes

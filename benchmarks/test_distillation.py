@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.lowcarbon.distillation import DISTILLATION_METHODS, distill, fitnets_hint_stage
 from benchmarks.lowcarbon.models import CifarResNet, count_parameters
-from benchmarks.lowcarbon.training import evaluate, measure_inference
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 
 def method(name: str) -> pytest.param:
@@ -55,5 +55,5 @@ def test_distillation(energy, base_model, data, scale, name):
             crd_negatives=scale.crd_negatives,
         )
 
-    energy.accuracy = evaluate(student, data.test)
+    record_accuracy(energy, student, data.test)
     measure_inference(energy, student, data.batch)

@@ -25,7 +25,7 @@ import torch
 from benchmarks.lowcarbon.data import DataBundle, augment_batch, synthetic_bundle
 from benchmarks.lowcarbon.models import CifarResNet
 from benchmarks.lowcarbon.scales import SMOKE, Scale
-from benchmarks.lowcarbon.training import evaluate, measure_inference
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 from pytest_energy.data_parallel import DataParallelTraining
 
 
@@ -111,5 +111,5 @@ def test_base_model_data_parallel(energy, ddp_scale, ddp_data, ranks):
     model = CifarResNet(ddp_scale.base_depth, ddp_scale.base_width, ddp_data.num_classes)
     model.load_state_dict(run.results[0])
     model = model.to(ddp_data.device)
-    energy.accuracy = evaluate(model, ddp_data.test)
+    record_accuracy(energy, model, ddp_data.test)
     measure_inference(energy, model, ddp_data.batch)

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from benchmarks.lowcarbon.nas import CellNetwork, darts_search, random_search
-from benchmarks.lowcarbon.training import evaluate, measure_inference, train_classifier
+from benchmarks.lowcarbon.training import (
+    measure_inference,
+    record_accuracy,
+    train_classifier,
+)
 
 DARTS_OMISSIONS = "sep_conv_5x5+dil_conv_5x5+cutout+drop-path+auxiliary-head"
 """What the DARTS space and final training here leave out of Liu et al. 2019 (both methods share
@@ -44,7 +48,7 @@ def retrain_and_measure(energy, data, scale, genotype) -> None:
             scale.seed,
             data.augment,
         )
-    energy.accuracy = evaluate(model, data.test)
+    record_accuracy(energy, model, data.test)
     measure_inference(energy, model, data.batch)
 
 

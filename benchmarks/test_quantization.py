@@ -17,7 +17,7 @@ from benchmarks.lowcarbon.quantization import (
     simulate_pwlq,
     synthesize_calibration_images,
 )
-from benchmarks.lowcarbon.training import evaluate, measure_inference
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 INT8 = {"precision": "int8", "kernels": "onednn-int8-cpu", "api": "torchao-pt2e"}
 
@@ -42,7 +42,7 @@ def test_post_training_int8(energy, base_model, data, scale, name):
         )
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"), len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
     measure_inference(energy, model, data.batch.cpu())
 
 
@@ -58,7 +58,7 @@ def test_zeroq_data_free_int8(energy, base_model, data, scale):
         model = post_training_quantize(base_model.model, distilled, "zeroq")
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"), len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
     measure_inference(energy, model, data.batch.cpu())
 
 
@@ -69,7 +69,7 @@ def test_pwlq_4bit_simulated(energy, base_model, data):
     with energy.train("quantize"):
         model = simulate_pwlq(base_model.model, bits=4)
 
-    energy.accuracy = evaluate(model, data.test.to("cpu"), len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
     measure_inference(energy, model, data.batch.cpu())
 
 
@@ -84,5 +84,5 @@ def test_quantization_aware_training(energy, base_model, data, scale):
         )
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"), len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
     measure_inference(energy, model, data.batch.cpu())

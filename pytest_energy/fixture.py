@@ -36,6 +36,9 @@ class EnergyFixture:
         self._accuracy: float | None = None
         self._phase_names: set[str] = set()
         self._not_measured: dict[str, str] = {}
+        self.accuracy_interval: dict[str, float] | None = None
+        """Optional confidence interval of ``accuracy``, e.g. ``{"low": 0.88, "high": 0.91,
+        "confidence": 0.95, "samples": 1024}``; written to the result as ``accuracy_interval``."""
         self.live = PhaseProgress(where)
         """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
         self.train_repeats: list[list[PhaseRecord]] = []
@@ -270,6 +273,8 @@ class EnergyFixture:
         record = lifecycle_result(
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
+        if self.accuracy_interval is not None:
+            record["accuracy_interval"] = dict(self.accuracy_interval)
         for meter, view in record["meters"].items():
             if meter in self._not_measured:
                 view["inference_not_measured"] = self._not_measured[meter]

@@ -85,3 +85,27 @@ def test_a_gpu_model_is_measured_by_every_meter():
 def test_an_unknown_placement_is_named():
     with pytest.raises(MeasurementError, match=r"runs_on.*'tpu'"):
         fixture_with(FakeMeter("cputime")).inference(lambda: None, runs_on="tpu")
+
+
+def test_an_accuracy_interval_is_written_beside_the_accuracy():
+    energy = fixture_with(FakeMeter("cputime"))
+    energy.accuracy = 0.9
+    energy.accuracy_interval = {"low": 0.88, "high": 0.92, "confidence": 0.95, "samples": 1024}
+    energy.inference(lambda: None)
+
+    result = energy.result()
+
+    assert result["accuracy"] == 0.9
+    assert result["accuracy_interval"]["samples"] == 1024
+
+
+@pytest.mark.parametrize(
+    ("correct", "samples", "low", "high"),
+    [(900, 1000, 0.8798, 0.9170), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0)],
+)
+def test_wilson_interval_matches_published_values(correct, samples, low, high):
+    from benchmarks.lowcarbon.training import wilson_interval
+
+    interval = wilson_interval(correct, samples)
+
+    assert interval == pytest.approx((low, high), abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -129,6 +130,29 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> float:
     """Top-1 accuracy of `model` on `split`, in [0, 1]."""
     predictions = predict_labels(model, split.images, batch_size)
     return (predictions.cpu() == split.labels.cpu()).float().mean().item()
+
+
+def wilson_interval(correct: int, samples: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % for z = 1.96): unlike the normal
+    approximation it stays inside [0, 1] near 0 % and 100 % accuracy."""
+    if samples <= 0:
+        raise ValueError("an accuracy interval needs at least one sample")
+    share = correct / samples
+    denominator = 1 + z**2 / samples
+    centre = (share + z**2 / (2 * samples)) / denominator
+    half_width = z * math.sqrt(share * (1 - share) / samples + z**2 / (4 * samples**2))
+    return max(0.0, centre - half_width / denominator), min(1.0, centre + half_width / denominator)
+
+
+def record_accuracy(energy: Any, model: nn.Module, split: Split, batch_size: int = 500) -> float:
+    """Set `energy.accuracy` to `model`'s top-1 accuracy on `split` and
+    `energy.accuracy_interval` to its 95 % Wilson interval over the split's samples."""
+    accuracy = evaluate(model, split, batch_size)
+    samples = len(split)
+    low, high = wilson_interval(round(accuracy * samples), samples)
+    energy.accuracy = accuracy
+    energy.accuracy_interval = {"low": low, "high": high, "confidence": 0.95, "samples": samples}
+    return accuracy
 
 
 def inference_call(model: nn.Module, batch: Tensor) -> Callable[[], Tensor]:
