@@ -2,7 +2,8 @@
 
 Each method is one loss on the teacher's and the student's features (CIFAR ResNets expose stage
 maps, pooled embedding and logits, see `FeatureOutputs`), added to the student's cross-entropy
-with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all seven methods:
+with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all of them (CC's
+weight is 1 here: the loss below is the paper's kernel form, not RepDistiller's shortcut):
 
 - `kd`      Hinton et al. 2015, "Distilling the Knowledge in a Neural Network".
 - `fitnets` Romero et al. 2015, "FitNets: Hints for Thin Deep Nets": two stages, the hint
@@ -13,10 +14,18 @@ with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all
 - `pkt`     Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge
             Transfer".
 - `crd`     Tian et al. 2020, "Contrastive Representation Distillation".
+- `nst`     Huang & Wang 2017, "Like What You Like": MMD (polynomial kernel) between the
+            distributions of channel activation maps, at every stage.
+- `cc`      Peng et al. 2019, "Correlation Congruence": the batch's Gaussian-RBF correlation
+            matrix of normalised embeddings (exact kernel, not the paper's Taylor expansion).
+- `vid`     Ahn et al. 2019, "Variational Information Distillation": Gaussian likelihood of the
+            teacher's stage maps under a regressor of the student's, with learnt per-channel
+            variance, at every stage.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +36,7 @@ from .data import Split
 from .models import CifarResNet, FeatureOutputs
 from .training import TrainingLog, TrainSettings, fit
 
-DISTILLATION_METHODS = ("kd", "fitnets", "at", "sp", "rkd", "pkt", "crd")
+DISTILLATION_METHODS = ("kd", "fitnets", "at", "sp", "rkd", "pkt", "crd", "nst", "cc", "vid")
 FITNETS_HINT_STAGE = 1
 """FitNets' guided layer: the output of the student's middle stage (the paper's middle layer)."""
 DISTILLATION_PAPERS = {
@@ -38,6 +47,10 @@ DISTILLATION_PAPERS = {
     "rkd": "Park et al. 2019, Relational Knowledge Distillation",
     "pkt": "Passalis & Tefas 2018, Probabilistic Knowledge Transfer",
     "crd": "Tian et al. 2020, Contrastive Representation Distillation",
+    "nst": "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity "
+    "Transfer",
+    "cc": "Peng et al. 2019, Correlation Congruence for Knowledge Distillation",
+    "vid": "Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer",
 }
 
 
@@ -235,6 +248,75 @@ class ContrastiveRepresentationLoss(nn.Module):
         return student_anchor + teacher_anchor
 
 
+class NeuronSelectivityLoss(nn.Module):
+    """NST: squared MMD with the polynomial kernel k(x, y) = (x·y)² between the sets of
+    channel activation maps (each map L2-normalised over its pixels), summed over stages."""
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        def mmd(s: Tensor, t: Tensor) -> Tensor:
+            s = F.normalize(s.flatten(2), dim=2)
+            t = F.normalize(t.flatten(2), dim=2)
+
+            def kernel(a: Tensor, b: Tensor) -> Tensor:
+                return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+            return kernel(t, t) + kernel(s, s) - 2 * kernel(s, t)
+
+        return sum(mmd(s, t) for s, t in zip(student.stages, teacher.stages, strict=True))
+
+
+class CorrelationCongruenceLoss(nn.Module):
+    """CC: mean squared difference between the batch's sample-to-sample correlation matrices
+    of student and teacher, each a Gaussian RBF kernel exp(−γ‖x_i − x_j‖²) of L2-normalised
+    embeddings (the matrices are batch × batch, so the embedding widths may differ)."""
+
+    def __init__(self, gamma: float = 0.4) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def _correlation(self, embedding: Tensor) -> Tensor:
+        unit = F.normalize(embedding, dim=1)
+        return torch.exp(-self.gamma * torch.cdist(unit, unit).pow(2))
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_correlation = self._correlation(teacher.embedding)
+        return (self._correlation(student.embedding) - teacher_correlation).pow(2).mean()
+
+
+class VariationalInformationLoss(nn.Module):
+    """VID: −log q(t | s) for each stage, q Gaussian with mean a 1×1-conv regressor of the
+    student's map and a learnt per-channel variance (softplus, initialised to 5 as in
+    RepDistiller), i.e. ½ mean[(t − μ(s))² / σ² + log σ²] (constants dropped), summed."""
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int]) -> None:
+        super().__init__()
+        self.regressors = nn.ModuleList()
+        self.raw_variances = nn.ParameterList()
+        initial = math.log(math.exp(5.0 - 1e-6) - 1.0)
+        for c_s, c_t in zip(student_channels, teacher_channels, strict=True):
+            self.regressors.append(
+                nn.Sequential(
+                    nn.Conv2d(c_s, c_t, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(c_t, c_t, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(c_t, c_t, 1),
+                )
+            )
+            self.raw_variances.append(nn.Parameter(torch.full((c_t,), initial)))
+
+    def forward(self, student: FeatureOutputs, teacher: FeatureOutputs, _indices: Tensor) -> Tensor:
+        total = torch.zeros((), device=student.logits.device)
+        for regressor, raw, s, t in zip(
+            self.regressors, self.raw_variances, student.stages, teacher.stages, strict=True
+        ):
+            variance = (F.softplus(raw) + 1e-6)[None, :, None, None]
+            mean = regressor(s)
+            total = total + 0.5 * ((t - mean).pow(2) / variance + variance.log()).mean()
+        return total
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Total loss = cross_entropy × CE + distillation × method loss (RepDistiller's γ, α/β)."""
@@ -251,6 +333,9 @@ LOSS_WEIGHTS = {
     "rkd": LossWeights(cross_entropy=1.0, distillation=1.0),
     "pkt": LossWeights(cross_entropy=1.0, distillation=30000.0),
     "crd": LossWeights(cross_entropy=1.0, distillation=0.8),
+    "nst": LossWeights(cross_entropy=1.0, distillation=50.0),
+    "cc": LossWeights(cross_entropy=1.0, distillation=1.0),
+    "vid": LossWeights(cross_entropy=1.0, distillation=1.0),
 }
 
 
@@ -283,6 +368,12 @@ def distillation_loss(
         return ContrastiveRepresentationLoss(
             student.fc.in_features, teacher.fc.in_features, labels, crd_negatives, seed=seed
         )
+    if method == "nst":
+        return NeuronSelectivityLoss()
+    if method == "cc":
+        return CorrelationCongruenceLoss()
+    if method == "vid":
+        return VariationalInformationLoss(_stage_channels(student), _stage_channels(teacher))
     raise ValueError(f"unknown distillation method {method!r}; known: {DISTILLATION_METHODS}")
 
 
