@@ -11,7 +11,12 @@ at smoke scale and `resnet56` at paper scale). Every benchmark test also gets `s
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
+import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +25,30 @@ import torch
 
 from benchmarks.lowcarbon.data import (
     DataBundle,
+    DatasetCorrupt,
     DatasetUnavailable,
+    check_cifar10_files,
+    cifar10_unavailable_message,
     load_cifar10,
     synthetic_bundle,
 )
 from benchmarks.lowcarbon.models import CifarResNet, resnet_name
-from benchmarks.lowcarbon.scales import SCALES, Scale
+from benchmarks.lowcarbon.scales import SCALES, Scale, dry_run
 from benchmarks.lowcarbon.training import evaluate, seed_everything, train_classifier
 from pytest_energy.session import Charge, EnergySession
 
 BENCHMARK_DIRECTORY = Path(__file__).parent
+_STARTED = pytest.StashKey[tuple[float, os.times_result]]()
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,10 +68,74 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="folder holding cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta) "
         "for --energy-scale paper; nothing is downloaded, a missing folder skips those tests",
     )
+    group.addoption(
+        "--energy-dry-run",
+        action="store_true",
+        default=False,
+        help="the scale's models and code path with every schedule cut to one epoch, on "
+        "synthetic CIFAR-shaped data unless --energy-data is given (then its files must be "
+        "there); checks the paper-scale path on a GPU in minutes; results labelled dry_run=yes",
+    )
+    group.addoption(
+        "--energy-distributed-timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=None,
+        help="longest a data-parallel training run may take (default: 1800 s at smoke "
+        "scale, 48 h at paper scale)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse data that cannot work before any test runs: one line naming the flag or file."""
+    config.stash[_STARTED] = (time.perf_counter(), os.times())
+    scale = _scale_of(config)
+    root = config.getoption("--energy-data")
+    if scale.name == "smoke" or root is None:
+        return
+    missing = cifar10_unavailable_message(root)
+    if missing is not None:
+        if scale.dry_run:
+            raise pytest.UsageError(f"--energy-dry-run --energy-data {root}: {missing}")
+        return
+    try:
+        check_cifar10_files(root)
+    except DatasetCorrupt as corrupt:
+        raise pytest.UsageError(f"--energy-data {root}: {corrupt}") from None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The suite's wall time and CPU time (this process and its finished child processes,
+    e.g. data-parallel ranks): on a shared machine wall time alone overstates the work."""
+    started = terminalreporter.config.stash.get(_STARTED, None)
+    if started is None:
+        return
+    started_seconds, started_times = started
+    now = os.times()
+    own = (now.user + now.system) - (started_times.user + started_times.system)
+    children = (now.children_user + now.children_system) - (
+        started_times.children_user + started_times.children_system
+    )
+    wall = time.perf_counter() - started_seconds
+    scale = _scale_of(terminalreporter.config)
+    terminalreporter.write_line(
+        f"low-carbon benchmark: {wall:.1f} s wall, {own + children:.1f} s CPU "
+        f"({own:.1f} s this process, {children:.1f} s child processes), "
+        f"{torch.get_num_threads()} torch thread(s), scale {scale.name}"
+        + (" (dry run)" if scale.dry_run else "")
+    )
 
 
 def _scale_of(config: pytest.Config) -> Scale:
-    return SCALES[config.getoption("--energy-scale")]
+    """The run's scale: `--energy-scale`, cut short by `--energy-dry-run`, with the
+    distributed timeout `--energy-distributed-timeout` when given."""
+    scale = SCALES[config.getoption("--energy-scale")]
+    if config.getoption("--energy-dry-run"):
+        scale = dry_run(scale)
+    timeout_seconds = config.getoption("--energy-distributed-timeout")
+    if timeout_seconds is not None:
+        scale = dataclasses.replace(scale, distributed_timeout_seconds=timeout_seconds)
+    return scale
 
 
 def scale_labels(scale: Scale) -> dict[str, str]:
@@ -66,8 +149,15 @@ def scale_labels(scale: Scale) -> dict[str, str]:
     }
 
 
+def _dataset_label(config: pytest.Config, scale: Scale) -> str:
+    if scale.dry_run and config.getoption("--energy-data") is None:
+        return "synthetic"
+    return scale_labels(scale)["dataset"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    labels = scale_labels(_scale_of(config))
+    scale = _scale_of(config)
+    labels = {**scale_labels(scale), "dataset": _dataset_label(config, scale)}
     for item in items:
         marker = item.get_closest_marker("lifecycle")
         if marker is None or not item.path.is_relative_to(BENCHMARK_DIRECTORY):
@@ -82,7 +172,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{item.nodeid}: lifecycle label placeholder {unknown} is not one of "
                 f"{', '.join('{' + name + '}' for name in labels)}"
             ) from None
-        resolved.setdefault("scale", _scale_of(config).name)
+        resolved.setdefault("scale", scale.name)
+        if scale.dry_run:
+            resolved.setdefault("dry_run", "yes")
         item.add_marker(pytest.mark.lifecycle(*marker.args, **resolved), append=False)
 
 
@@ -105,10 +197,12 @@ def scale(request: pytest.FixtureRequest) -> Scale:
 
 @pytest.fixture(scope="session")
 def data(request: pytest.FixtureRequest, scale: Scale) -> DataBundle:
-    """Train/test data and the deployment batch: synthetic at smoke scale, CIFAR-10 at paper
-    scale (skips every test that needs it when the files are not there)."""
+    """Train/test data and the deployment batch: synthetic at smoke scale and in a dry run
+    without --energy-data, CIFAR-10 otherwise (skips every test that needs it when the files
+    are not there; a dry run does not check the files' MD5, so small files in the format do)."""
     device = scale.device()
-    if scale.name == "smoke":
+    root = request.config.getoption("--energy-data")
+    if scale.name == "smoke" or (scale.dry_run and root is None):
         return synthetic_bundle(
             scale.synthetic_train_count,
             scale.synthetic_test_count,
@@ -118,7 +212,7 @@ def data(request: pytest.FixtureRequest, scale: Scale) -> DataBundle:
         )
     try:
         return load_cifar10(
-            request.config.getoption("--energy-data"), scale.deployment_batch_size, device
+            root, scale.deployment_batch_size, device, verify_checksums=not scale.dry_run
         )
     except DatasetUnavailable as unavailable:
         pytest.skip(str(unavailable))

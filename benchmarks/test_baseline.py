@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 
 @pytest.mark.lifecycle(
@@ -13,8 +13,8 @@ from benchmarks.lowcarbon.training import evaluate, inference_call
 def test_uncompressed_base_model(energy, base_model, data):
     energy.charge(base_model.training)
 
-    energy.accuracy = evaluate(base_model.model, data.test)
-    energy.inference(inference_call(base_model.model, data.batch), samples=len(data.batch))
+    record_accuracy(energy, base_model.model, data.test)
+    measure_inference(energy, base_model.model, data.batch)
 
     chance = 1 / data.num_classes
     assert energy.accuracy > 2 * chance, f"base model barely learned: {energy.accuracy:.3f}"

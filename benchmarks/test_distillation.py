@@ -1,14 +1,15 @@
 """Distillation family: a smaller student trained from scratch against the trained base model as
-teacher, one test per method. TEC = base training (charged, the teacher) + distillation."""
+teacher, one test per method. TEC = base training (charged, the teacher) + distillation
+(+ FitNets' hint stage, its own phase)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmarks.lowcarbon.distillation import DISTILLATION_METHODS, distill
+from benchmarks.lowcarbon.distillation import DISTILLATION_METHODS, distill, fitnets_hint_stage
 from benchmarks.lowcarbon.models import CifarResNet, count_parameters
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 
 def method(name: str) -> pytest.param:
@@ -30,6 +31,17 @@ def test_distillation(energy, base_model, data, scale, name):
     student = student.to(data.device)
     assert count_parameters(student) < count_parameters(base_model.model)
 
+    if name == "fitnets":
+        with energy.train("hint"):
+            fitnets_hint_stage(
+                student,
+                base_model.model,
+                data.train,
+                scale.hint_epochs,
+                scale.settings,
+                scale.seed,
+                data.augment,
+            )
     with energy.train("distill"):
         distill(
             student,
@@ -43,5 +55,5 @@ def test_distillation(energy, base_model, data, scale, name):
             crd_negatives=scale.crd_negatives,
         )
 
-    energy.accuracy = evaluate(student, data.test)
-    energy.inference(inference_call(student, data.batch), samples=len(data.batch))
+    record_accuracy(energy, student, data.test)
+    measure_inference(energy, student, data.batch)

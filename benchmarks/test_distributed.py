@@ -8,8 +8,10 @@ runs are the same, so any difference in measured energy is the price of running 
 
     pytest benchmarks/test_distributed.py --energy
 
-On a machine with as many GPUs as ranks the ranks train on CUDA (nccl), one GPU each; otherwise
-on CPU (gloo).
+Without a GPU the ranks train on CPU (gloo). With GPUs (paper scale) each rank trains on its own
+GPU (nccl); a rank count the machine has too few GPUs for is skipped with the reason, never run
+on CPU ranks beside idle GPUs. Past 2, the machine's own GPU count is a further case. Runs are
+bounded by `--energy-distributed-timeout` (default: the scale's).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from benchmarks.lowcarbon.data import DataBundle, augment_batch, synthetic_bundle
 from benchmarks.lowcarbon.models import CifarResNet
 from benchmarks.lowcarbon.scales import SMOKE, Scale
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 from pytest_energy.data_parallel import DataParallelTraining
 
 
@@ -81,17 +83,33 @@ def ddp(ranks: int) -> pytest.param:
     return pytest.param(ranks, marks=lifecycle, id=method)
 
 
-@pytest.mark.parametrize("ranks", [ddp(1), ddp(2)])
+def rank_counts() -> list[int]:
+    """1 and 2 ranks everywhere, and every GPU of a machine with more than two."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [1, 2, *([gpus] if gpus > 2 else [])]
+
+
+@pytest.mark.parametrize("ranks", [ddp(ranks) for ranks in rank_counts()])
 def test_base_model_data_parallel(energy, ddp_scale, ddp_data, ranks):
-    on_gpus = ddp_scale.device().type == "cuda" and torch.cuda.device_count() >= ranks
+    on_gpus = ddp_scale.device().type == "cuda"
+    gpus = torch.cuda.device_count() if on_gpus else 0
+    if on_gpus and gpus < ranks:
+        pytest.skip(
+            f"{ranks} data-parallel ranks need {ranks} GPUs, this machine has {gpus}: "
+            f"CPU ranks beside an idle GPU would measure neither setting"
+        )
     training = base_training(ddp_scale, ddp_data, "cuda" if on_gpus else "cpu")
 
     run = energy.train_distributed(
-        "train", training, world_size=ranks, backend="nccl" if on_gpus else "gloo"
+        "train",
+        training,
+        world_size=ranks,
+        backend="nccl" if on_gpus else "gloo",
+        timeout_seconds=ddp_scale.distributed_timeout_seconds,
     )
 
     model = CifarResNet(ddp_scale.base_depth, ddp_scale.base_width, ddp_data.num_classes)
     model.load_state_dict(run.results[0])
     model = model.to(ddp_data.device)
-    energy.accuracy = evaluate(model, ddp_data.test)
-    energy.inference(inference_call(model, ddp_data.batch), samples=len(ddp_data.batch))
+    record_accuracy(energy, model, ddp_data.test)
+    measure_inference(energy, model, ddp_data.batch)

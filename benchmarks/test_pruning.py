@@ -9,14 +9,22 @@ import pytest
 
 from benchmarks.lowcarbon.models import count_parameters
 from benchmarks.lowcarbon.pruning import PRUNING_CRITERIA, prune_channels
-from benchmarks.lowcarbon.training import evaluate, inference_call, train_classifier
+from benchmarks.lowcarbon.training import (
+    measure_inference,
+    record_accuracy,
+    train_classifier,
+)
 
 METHOD_NAMES = {"l1": "l1-norm", "fpgm": "fpgm", "apoz": "network-trimming", "taylor": "taylor"}
 
 
 def criterion(name: str) -> pytest.param:
     labels = pytest.mark.lifecycle(
-        family="pruning", method=METHOD_NAMES[name], model="{base}", dataset="{dataset}"
+        family="pruning",
+        method=METHOD_NAMES[name],
+        model="{base}",
+        dataset="{dataset}",
+        schedule="one-shot",
     )
     return pytest.param(name, marks=labels, id=METHOD_NAMES[name])
 
@@ -39,6 +47,6 @@ def test_channel_pruning(energy, base_model, data, scale, name):
             model, data.train, scale.finetune_epochs, finetuning, scale.seed, data.augment
         )
 
-    energy.accuracy = evaluate(model, data.test)
-    energy.inference(inference_call(model, data.batch), samples=len(data.batch))
+    record_accuracy(energy, model, data.test)
+    measure_inference(energy, model, data.batch)
     assert count_parameters(model) < count_parameters(base_model.model)

@@ -1,6 +1,8 @@
 """Quantization family: int8 post-training quantization under four calibrations, simulated 4-bit
-PWLQ and quantization-aware training. Int8 models run int8 kernels on the CPU, whatever device
-trained the base model. TEC = base training (charged) + calibration / QAT fine-tuning."""
+PWLQ and quantization-aware training, through torchao's PT2E flow. Int8 models run oneDNN int8
+kernels on the CPU, whatever device trained the base model; their accuracy is evaluated in
+batches of the deployment batch's size (one lowering per model, see `Int8Model`).
+TEC = base training (charged) + calibration / QAT fine-tuning."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from benchmarks.lowcarbon.quantization import (
     simulate_pwlq,
     synthesize_calibration_images,
 )
-from benchmarks.lowcarbon.training import evaluate, inference_call
+from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
-INT8 = {"precision": "int8", "kernels": "int8-cpu"}
+INT8 = {"precision": "int8", "kernels": "onednn-int8-cpu", "api": "torchao-pt2e"}
 
 
 def quantization(method: str, **labels: str) -> pytest.MarkDecorator:
@@ -40,11 +42,11 @@ def test_post_training_int8(energy, base_model, data, scale, name):
         )
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
-@quantization("ptq-zeroq", **INT8)
+@quantization("ptq-zeroq", omitted="mixed-precision-bit-allocation", **INT8)
 def test_zeroq_data_free_int8(energy, base_model, data, scale):
     energy.charge(base_model.training)
 
@@ -56,8 +58,8 @@ def test_zeroq_data_free_int8(energy, base_model, data, scale):
         model = post_training_quantize(base_model.model, distilled, "zeroq")
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
 @quantization("pwlq-4bit", precision="w4-piecewise", kernels="fp32", simulated="yes")
@@ -67,11 +69,11 @@ def test_pwlq_4bit_simulated(energy, base_model, data):
     with energy.train("quantize"):
         model = simulate_pwlq(base_model.model, bits=4)
 
-    energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())
 
 
-@quantization("qat", **INT8)
+@quantization("qat", bn="folded-before-qat", **INT8)
 def test_quantization_aware_training(energy, base_model, data, scale):
     energy.charge(base_model.training)
 
@@ -82,5 +84,5 @@ def test_quantization_aware_training(energy, base_model, data, scale):
         )
 
     assert is_int8_model(model)
-    energy.accuracy = evaluate(model, data.test.to("cpu"))
-    energy.inference(inference_call(model, data.batch.cpu()), samples=len(data.batch))
+    record_accuracy(energy, model, data.test.to("cpu"), len(data.batch))
+    measure_inference(energy, model, data.batch.cpu())

@@ -15,6 +15,10 @@ from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
 
+GPU_METERS = frozenset({"nvml"})
+"""Meters that read GPUs only: work placed on the CPU (``energy.inference(runs_on="cpu")``) is
+not theirs to measure, or they would charge the GPUs' idle power as its energy."""
+
 
 class EnergyFixture:
     """Measures one method's life: its training phases (TEC) and its inference (IEC).
@@ -31,6 +35,10 @@ class EnergyFixture:
         self.inference_record: InferenceRecord | None = None
         self._accuracy: float | None = None
         self._phase_names: set[str] = set()
+        self._not_measured: dict[str, str] = {}
+        self.accuracy_interval: dict[str, float] | None = None
+        """Optional confidence interval of ``accuracy``, e.g. ``{"low": 0.88, "high": 0.91,
+        "confidence": 0.95, "samples": 1024}``; written to the result as ``accuracy_interval``."""
         self.live = PhaseProgress(where)
         """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
         self.train_repeats: list[list[PhaseRecord]] = []
@@ -94,6 +102,7 @@ class EnergyFixture:
         world_size: int = 2,
         backend: str = "gloo",
         args: tuple[Any, ...] = (),
+        timeout_seconds: float | None = None,
     ) -> DistributedRun:
         """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes as one training phase.
 
@@ -101,7 +110,8 @@ class EnergyFixture:
         phase's joules are the sum over ranks and each rank's figure stays in the results under
         ``ranks``. ``fn`` must be importable by the new processes: a module-level function, a
         ``functools.partial`` of one, or e.g. ``DataParallelTraining(...)``. Returns the run,
-        with ``fn``'s return value on every rank in ``.results``.
+        with ``fn``'s return value on every rank in ``.results``. ``timeout_seconds`` (default
+        ``run_distributed``'s) bounds the whole run: raise it for long trainings.
         """
         __tracebackhide__ = True
         self._claim_phase_name(phase, f"energy.train_distributed({phase!r})")
@@ -114,6 +124,7 @@ class EnergyFixture:
                 args=args,
                 meters=self._session.meters if self.enabled else (),
                 meter_options=self._session.meter_options,
+                **({} if timeout_seconds is None else {"timeout_seconds": timeout_seconds}),
             )
         if self.enabled:
             self.phases.append(PhaseRecord(name=phase, charged=False, readings=dict(run.readings)))
@@ -162,12 +173,16 @@ class EnergyFixture:
         samples: int = 1,
         rounds: int | None = None,
         warmup: int | None = None,
+        runs_on: str | None = None,
     ) -> InferenceRecord | None:
         """Measure the energy of ``fn`` per sample (IEC); ``fn`` infers ``samples`` samples.
 
         After ``warmup`` unmeasured calls, the timing meters measure ``rounds`` rounds, each with
         enough calls to span the meters' shortest resolvable window; a counting meter counts one
         call in a window of its own, so its bookkeeping does not inflate the timed rounds.
+        ``runs_on="cpu"`` says ``fn`` runs on the CPU only (an int8 CPU model on a GPU machine):
+        GPU meters (``GPU_METERS``) then do not measure it, the result says so under the meter's
+        ``inference_not_measured``, and that meter has no IEC for this test.
         """
         __tracebackhide__ = True
         if not callable(fn):
@@ -185,6 +200,10 @@ class EnergyFixture:
             )
         except ConfigError as error:
             raise MeasurementError(str(error)) from None
+        if runs_on not in (None, "cpu", "cuda"):
+            raise MeasurementError(
+                f"energy.inference(runs_on=...) is 'cpu', 'cuda' or None, got {runs_on!r}"
+            )
         if self.inference_record is not None:
             raise MeasurementError(
                 "energy.inference() was already called in this test: one inference "
@@ -196,8 +215,16 @@ class EnergyFixture:
         for _ in range(warmup):
             _call(fn, "energy.inference(fn) during warm-up")
         record = InferenceRecord(samples_per_call=samples, warmup_calls=warmup)
-        timing = [meter for meter in self._session.meters if meter.kind != "counted"]
-        counting = [meter for meter in self._session.meters if meter.kind == "counted"]
+        meters = list(self._session.meters)
+        if runs_on == "cpu":
+            for meter in meters:
+                if meter.name in GPU_METERS:
+                    self._not_measured[meter.name] = (
+                        "the model runs on the CPU only; a GPU meter would read GPU idle power"
+                    )
+            meters = [meter for meter in meters if meter.name not in GPU_METERS]
+        timing = [meter for meter in meters if meter.kind != "counted"]
+        counting = [meter for meter in meters if meter.kind == "counted"]
         if timing:
             window_seconds = max(meter.min_window_seconds for meter in timing)
             calls = _calls_spanning(fn, window_seconds)
@@ -246,7 +273,11 @@ class EnergyFixture:
         record = lifecycle_result(
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
+        if self.accuracy_interval is not None:
+            record["accuracy_interval"] = dict(self.accuracy_interval)
         for meter, view in record["meters"].items():
+            if meter in self._not_measured:
+                view["inference_not_measured"] = self._not_measured[meter]
             if self.train_repeats:
                 view["train_repeats"] = {
                     "tec_joules": [

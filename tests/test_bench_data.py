@@ -181,3 +181,28 @@ def test_resnet_depths_widths_and_feature_outputs():
     assert 0 < count_flops(resnet8, inputs) < count_flops(resnet20, inputs)
     with pytest.raises(ValueError, match="6n\\+2"):
         CifarResNet(10)
+
+
+def test_float_models_are_deployed_batch_norm_folded_like_their_int8_and_pwlq_twins():
+    """The uncompressed reference is measured as deployed: BN folded into its convs, as int8
+    conversion and PWLQ fold it, so its counted IEC equals its folded twin's (PWLQ keeps fp32
+    kernels and the same graph) and folding alone is nobody's gain."""
+    from benchmarks.lowcarbon.models import fold_batch_norm
+    from benchmarks.lowcarbon.quantization import simulate_pwlq
+    from benchmarks.lowcarbon.training import inference_call
+    from pytest_energy.meters.counted import count
+
+    torch.manual_seed(0)
+    reference = CifarResNet(depth=8, width=8).eval()
+    batch = torch.randn(4, 3, 32, 32)
+
+    deployed = count(inference_call(reference, batch)).joules
+    folded_twin = count(inference_call(simulate_pwlq(reference), batch)).joules
+    unfolded = count(lambda: reference(batch)).joules
+
+    assert deployed == folded_twin < unfolded
+    folded = fold_batch_norm(reference)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(batch), reference(batch), atol=1e-5, rtol=1e-4)
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in reference.modules())

@@ -8,9 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.lowcarbon.data import Split, synthetic_images
+from benchmarks.lowcarbon.data import Split, iterate_batches, synthetic_images
 from benchmarks.lowcarbon.models import CifarResNet, count_flops, count_parameters
-from benchmarks.lowcarbon.pruning import PRUNING_CRITERIA, prune_channels, pruning_importance
+from benchmarks.lowcarbon.pruning import (
+    PRUNING_CRITERIA,
+    TaylorFilterImportance,
+    prune_channels,
+    pruning_importance,
+)
 from benchmarks.lowcarbon.training import TrainSettings, evaluate, train_classifier
 
 WEAK_CHANNELS = [1, 4]
@@ -91,3 +96,39 @@ def test_pruned_resnet_has_fewer_parameters_and_flops_and_still_trains(criterion
 def test_unknown_criterion_is_named():
     with pytest.raises(ValueError, match="'random'"):
         pruning_importance("random")
+
+
+def test_taylor_scores_each_filter_by_its_squared_per_batch_sum_of_g_times_w(calibration):
+    """Molchanov 2019: (Σ_s g_s w_s)² per filter on each mini-batch's gradient, averaged over
+    the mini-batches — not the square (or |·|) of a gradient summed over the whole set."""
+    model = conv_net()
+    importance = TaylorFilterImportance()
+
+    importance.accumulate(model, calibration, batch_size=16)
+
+    expected = torch.zeros(8)
+    batches = 0
+    for images, labels, _ in iterate_batches(calibration, 16):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        expected += (model[0].weight.grad * model[0].weight).flatten(1).sum(dim=1).pow(2).detach()
+        batches += 1
+    torch.testing.assert_close(model[0]._taylor_sum / model[0]._taylor_batches, expected / batches)
+    assert batches == 4 and model[0]._taylor_batches == 4
+
+
+def test_apoz_ranks_the_last_stage_by_each_filters_own_zero_rate(calibration):
+    """APoZ of the conv feeding the classifier is the zero rate of its own post-ReLU output
+    (conv → BN → ReLU), whatever the classifier does with the pooled features."""
+    model = conv_net()
+    with torch.no_grad():
+        model[4].bias.copy_(torch.linspace(-1.5, 1.5, 8)[torch.randperm(8)])
+        hidden = model[:4](calibration.images)
+        apoz = (model[4](hidden) <= 0).float().mean(dim=(0, 2, 3))
+    kept = sorted(apoz.argsort()[:6].tolist())
+    kept_biases = model[4].bias.detach()[kept].clone()
+
+    prune_channels(model, "apoz", channel_ratio=0.25, calibration=calibration, batch_size=32)
+
+    assert model[3].out_channels == 6 and model[8].in_features == 6
+    assert torch.equal(model[4].bias.detach(), kept_biases)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_bench_data import write_cifar10
 
 from benchmarks.conftest import scale_labels
-from benchmarks.lowcarbon.scales import PAPER, SMOKE
+from benchmarks.lowcarbon.scales import PAPER, SMOKE, dry_run
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 LIFECYCLE_FILES = sorted(
@@ -78,6 +79,17 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
     assert labels["test_distillation[crd]"]["model"] == student
     assert labels["test_distillation[crd]"]["teacher"] == base
     assert labels["test_pwlq_4bit_simulated"]["simulated"] == "yes"
+    assert "mixed-precision" in labels["test_zeroq_data_free_int8"]["omitted"]
+    for search in ("test_darts", "test_random_search"):
+        assert set(labels[search]["omitted"].split("+")) == {
+            "sep_conv_5x5",
+            "dil_conv_5x5",
+            "cutout",
+            "drop-path",
+            "auxiliary-head",
+        }
+    assert labels["test_darts"]["variant"] == "first-order"
+    assert labels["test_channel_pruning[taylor]"]["schedule"] == "one-shot"
     methods = [(entry["family"], entry["method"]) for entry in labels.values()]
     assert len(methods) == len(set(methods)), "each method is one test"
 
@@ -100,3 +112,90 @@ def test_paper_scale_without_cifar10_skips_naming_the_expected_files(pytester, t
     assert "cifar-10-batches-py/data_batch_1..5, test_batch and batches.meta" in output
     assert "never downloads" in output
     assert not missing.exists()
+
+
+def error_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stderr.lines + result.stdout.lines if "ERROR" in line]
+
+
+def test_an_unknown_scale_is_refused_naming_the_flag(pytester):
+    result = pytester.runpytest_subprocess(
+        str(BENCHMARKS / "test_baseline.py"), "--energy-scale", "huge"
+    )
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stderr.str()
+    assert "--energy-scale: invalid choice: 'huge'" in output
+    assert "Traceback" not in output + result.stdout.str()
+
+
+def test_a_dry_run_with_the_data_missing_is_one_line_naming_the_flag(pytester, tmp_path):
+    missing = tmp_path / "nowhere"
+
+    result = pytester.runpytest_subprocess(
+        str(BENCHMARKS / "test_baseline.py"),
+        "--energy-scale",
+        "paper",
+        "--energy-dry-run",
+        "--energy-data",
+        str(missing),
+    )
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    (line,) = error_lines(result)
+    assert f"--energy-dry-run --energy-data {missing}" in line
+    assert "cifar-10-batches-py/data_batch_1" in line
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["paper", "paper-dry-run"])
+def test_a_corrupt_cifar_batch_file_is_one_line_naming_the_file(pytester, tmp_path, dry_run):
+    write_cifar10(tmp_path, images_per_batch=4, seed=0)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    before = {path.name: path.read_bytes() for path in batch.parent.iterdir()}
+
+    result = pytester.runpytest_subprocess(
+        str(BENCHMARKS / "test_baseline.py"),
+        "--energy-scale",
+        "paper",
+        "--energy-data",
+        str(tmp_path),
+        *(["--energy-dry-run"] if dry_run else []),
+    )
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    (line,) = error_lines(result)
+    assert f"--energy-data {tmp_path}: cifar-10-batches-py/data_batch_3 does not unpickle" in line
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert {path.name: path.read_bytes() for path in batch.parent.iterdir()} == before
+
+
+def test_a_dry_run_cuts_every_schedule_but_keeps_the_paper_models():
+    dry = dry_run(PAPER)
+
+    assert (dry.base_depth, dry.student_depth, dry.search.retrain_cells) == (56, 20, 20)
+    assert dry.base_epochs == dry.distill_epochs == dry.finetune_epochs == 1
+    assert dry.search.search_epochs == dry.search.retrain_epochs == 1
+    assert dry.search.random_trials == 2 and dry.zeroq_steps == 20
+    assert dry.synthetic_train_count == 1024 and dry.dry_run
+    assert dry_run(SMOKE).base_epochs == 1 and dry_run(SMOKE).prune_ratio == SMOKE.prune_ratio
+
+
+def test_a_dry_run_labels_its_results_and_uses_synthetic_data_without_a_data_set(pytester):
+    labels = collected_labels(pytester, "--energy-scale", "paper", "--energy-dry-run")
+
+    baseline = labels["test_uncompressed_base_model"]
+    assert baseline["model"] == "resnet56" and baseline["dataset"] == "synthetic"
+    assert all(entry["dry_run"] == "yes" for entry in labels.values())
+
+
+def test_the_distributed_timeout_is_an_option_with_a_checked_value(pytester):
+    result = pytester.runpytest_subprocess(
+        str(BENCHMARKS / "test_baseline.py"), "--energy-distributed-timeout", "-5"
+    )
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--energy-distributed-timeout: expected a positive number of seconds, got '-5'" in (
+        result.stderr.str()
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ ORIENTATION_JITTER_DEGREES = 14.0
 
 class DatasetUnavailable(Exception):
     """The data set asked for is not on disk; the message names what is expected where."""
+
+
+class DatasetCorrupt(Exception):
+    """A data set file is there but unreadable; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,41 @@ def cifar10_unavailable_message(root: str | os.PathLike[str] | None) -> str | No
         f"batches.meta (the python version of CIFAR-10, extracted) and never downloads; "
         f"missing: {', '.join(missing)}"
     )
+
+
+def _check_cifar10_file(path: Path) -> str | None:
+    """Why `path` is not a CIFAR-10 python batch or meta file, or None when it reads as one."""
+    try:
+        with path.open("rb") as handle:
+            content = pickle.load(handle, encoding="latin1")
+    except Exception as error:
+        return f"does not unpickle ({type(error).__name__}: {error})"
+    if not isinstance(content, dict):
+        return f"holds a {type(content).__name__}, not a dict"
+    if path.name == "batches.meta":
+        names = content.get("label_names")
+        return None if isinstance(names, list) and names else "has no label_names list"
+    data, labels = content.get("data"), content.get("labels")
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
+        return "has no (N, 3072) 'data' array"
+    if data.dtype != np.uint8:
+        return f"has 'data' of dtype {data.dtype}, not uint8"
+    if not isinstance(labels, list) or len(labels) != len(data):
+        return f"has {len(data)} images but no 'labels' list of that length"
+    return None
+
+
+def check_cifar10_files(root: str | os.PathLike[str]) -> None:
+    """Raise DatasetCorrupt naming the first CIFAR-10 file under `root` that does not read as
+    the python version's format (truncated download, wrong file, other version)."""
+    folder = Path(root) / CIFAR10_FOLDER
+    for name in CIFAR10_FILES:
+        problem = _check_cifar10_file(folder / name)
+        if problem is not None:
+            raise DatasetCorrupt(
+                f"{CIFAR10_FOLDER}/{name} {problem}: extract it again from "
+                f"cifar-10-python.tar.gz (the python version of CIFAR-10)"
+            )
 
 
 class _CIFAR10PresentFiles(CIFAR10):

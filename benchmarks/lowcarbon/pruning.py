@@ -7,15 +7,20 @@ criteria follow the four papers:
 - `l1`     Li et al. 2017, "Pruning Filters for Efficient ConvNets": L1 norm of each filter.
 - `fpgm`   He et al. 2019, "Filter Pruning via Geometric Median": filters nearest the geometric
            median (smallest summed distance to the others) are the most replaceable.
-- `apoz`   Hu et al. 2016, "Network Trimming": Average Percentage of Zeros of a channel's
-           post-ReLU activation on data; mostly-zero channels go first.
+- `apoz`   Hu et al. 2016, "Network Trimming": Average Percentage of Zeros of each filter's own
+           post-ReLU output (conv → BN → ReLU) on data, in every stage; mostly-zero filters go
+           first.
 - `taylor` Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning": first-order
-           Taylor estimate of the loss change, (Σ_s g_s w_s)² over a filter's parameters.
+           Taylor estimate of the loss change, (Σ_s g_s w_s)² over a filter's weights, computed
+           per mini-batch and averaged over the mini-batches.
 
 torch_pruning's own MagnitudeImportance and FPGMImportance also score the consumers' input slices
 and, for FPGM, distances between |w|^p rather than between filters; the two filter criteria here
 score the filters that are removed, as the papers do. torch_pruning has no APoZ (its
-ActivationImportance is mean |activation|), hence `ZeroActivationImportance`.
+ActivationImportance is mean |activation|), hence `ZeroActivationImportance`; its
+TaylorImportance takes |Σ w·g| with consumer slices on a gradient summed over the whole set,
+hence `TaylorFilterImportance`. Simplification: one pruning step to the target ratio (Hu et al.
+and Molchanov et al. prune iteratively, fine-tuning between steps; labelled `schedule=one-shot`).
 """
 
 from __future__ import annotations
@@ -73,27 +78,46 @@ class FilterImportance(tp.importance.Importance):
         return total / scored_convs if scored_convs else None
 
 
+def _own_outputs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.Module]]:
+    """(conv, module whose output is the conv's own pre-activation output) for every conv: its
+    batch norm when one follows it directly (in registration order), else the conv itself."""
+    leaves = [module for module in model.modules() if not list(module.children())]
+    pairs = []
+    for index, module in enumerate(leaves):
+        if not isinstance(module, nn.Conv2d):
+            continue
+        following = leaves[index + 1] if index + 1 < len(leaves) else None
+        is_its_norm = (
+            isinstance(following, nn.BatchNorm2d) and following.num_features == module.out_channels
+        )
+        pairs.append((module, following if is_its_norm else module))
+    return pairs
+
+
 class ZeroActivationImportance(tp.importance.Importance):
-    """Network trimming's criterion: 1 − APoZ, the fraction of positive entries of each channel
-    where it enters the next conv or linear layer (after ReLU), measured on calibration data."""
+    """Network trimming's criterion (Hu et al. 2016): 1 − APoZ, where APoZ is the percentage of
+    zero activations of each filter's own output after ReLU (its conv → BN → ReLU, measured on
+    calibration data), for every conv of every stage, the last stage included. Where a residual
+    sum couples several convs' channels, their filters' scores are averaged."""
 
     @contextmanager
     def measuring(self, model: nn.Module) -> Iterator[None]:
-        """Within this block, forward passes of `model` accumulate each channel's nonzero rate."""
+        """Within this block, forward passes of `model` accumulate each filter's zero rate."""
 
-        @torch.no_grad()
-        def count_positive(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
-            activations = inputs[0]
-            dims = (0, 2, 3) if activations.dim() == 4 else (0,)
-            positive_rate = (activations > 0).float().mean(dim=dims).cpu()
-            samples = activations.shape[0]
-            module._positive_sum = getattr(module, "_positive_sum", 0) + positive_rate * samples
-            module._positive_count = getattr(module, "_positive_count", 0) + samples
+        def counter(conv: nn.Conv2d) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+            @torch.no_grad()
+            def count_zeros(
+                _module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor
+            ) -> None:
+                zero_rate = (output <= 0).float().mean(dim=(0, 2, 3)).cpu()
+                samples = output.shape[0]
+                conv._zero_sum = getattr(conv, "_zero_sum", 0) + zero_rate * samples
+                conv._zero_count = getattr(conv, "_zero_count", 0) + samples
+
+            return count_zeros
 
         hooks = [
-            module.register_forward_hook(count_positive)
-            for module in model.modules()
-            if isinstance(module, nn.Conv2d | nn.Linear)
+            output.register_forward_hook(counter(conv)) for conv, output in _own_outputs(model)
         ]
         try:
             yield
@@ -103,21 +127,54 @@ class ZeroActivationImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> Tensor | None:
-        consumers = (
-            tp.pruner.function.prune_conv_in_channels,
-            tp.pruner.function.prune_linear_in_channels,
-        )
         total = torch.zeros(len(group[0].idxs))
-        measured_layers = 0
+        measured_convs = 0
         for item in group:
-            dependency, indices = item.dep, item.idxs
-            layer = dependency.layer
-            if dependency.pruning_fn not in consumers or not hasattr(layer, "_positive_sum"):
+            layer = item.dep.layer
+            removes_filters = item.dep.pruning_fn == tp.pruner.function.prune_conv_out_channels
+            if not (removes_filters and hasattr(layer, "_zero_sum")):
                 continue
-            positive_rate = layer._positive_sum / layer._positive_count
-            total.index_add_(0, torch.as_tensor(item.root_idxs), positive_rate[list(indices)])
-            measured_layers += 1
-        return total / measured_layers if measured_layers else None
+            apoz = layer._zero_sum / layer._zero_count
+            total.index_add_(0, torch.as_tensor(item.root_idxs), 1 - apoz[list(item.idxs)])
+            measured_convs += 1
+        return total / measured_convs if measured_convs else None
+
+
+class TaylorFilterImportance(tp.importance.Importance):
+    """Molchanov et al. 2019's first-order Taylor importance of a filter, (Σ_s g_s w_s)² over
+    the filter's weights s, computed on each mini-batch's gradient and averaged over the
+    mini-batches (their Eq. 8 and §3.3); a group of coupled filters removed together scores
+    the sum of its filters' importances (the loss change of removing them all)."""
+
+    def accumulate(self, model: nn.Module, calibration: Split, batch_size: int) -> None:
+        """One gradient per mini-batch of `calibration`; adds each filter's (Σ g·w)² for it."""
+        convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+        model.eval()
+        for images, labels, _ in iterate_batches(calibration, batch_size):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+            with torch.no_grad():
+                for conv in convs:
+                    if conv.weight.grad is None:
+                        continue
+                    contribution = (conv.weight.grad * conv.weight).flatten(1).sum(dim=1)
+                    conv._taylor_sum = getattr(conv, "_taylor_sum", 0) + contribution.pow(2).cpu()
+                    conv._taylor_batches = getattr(conv, "_taylor_batches", 0) + 1
+        model.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> Tensor | None:
+        total = torch.zeros(len(group[0].idxs))
+        scored_convs = 0
+        for item in group:
+            layer = item.dep.layer
+            removes_filters = item.dep.pruning_fn == tp.pruner.function.prune_conv_out_channels
+            if not (removes_filters and hasattr(layer, "_taylor_sum")):
+                continue
+            importance = layer._taylor_sum / layer._taylor_batches
+            total.index_add_(0, torch.as_tensor(item.root_idxs), importance[list(item.idxs)])
+            scored_convs += 1
+        return total if scored_convs else None
 
 
 def pruning_importance(criterion: str) -> tp.importance.Importance:
@@ -129,21 +186,8 @@ def pruning_importance(criterion: str) -> tp.importance.Importance:
     if criterion == "apoz":
         return ZeroActivationImportance()
     if criterion == "taylor":
-        return tp.importance.TaylorImportance(multivariable=True)
+        return TaylorFilterImportance()
     raise ValueError(f"unknown pruning criterion {criterion!r}; known: {PRUNING_CRITERIA}")
-
-
-def _forward_calibration(
-    model: nn.Module, calibration: Split, batch_size: int, with_gradients: bool
-) -> None:
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    for images, labels, _ in iterate_batches(calibration, batch_size):
-        if with_gradients:
-            F.cross_entropy(model(images), labels, reduction="sum").backward()
-        else:
-            with torch.no_grad():
-                model(images)
 
 
 def prune_channels(
@@ -167,14 +211,16 @@ def prune_channels(
         ignored_layers=classifiers[-1:],
     )
     if isinstance(importance, ZeroActivationImportance):
-        with importance.measuring(model):
-            _forward_calibration(model, calibration, batch_size, with_gradients=False)
-    elif isinstance(importance, tp.importance.TaylorImportance):
-        _forward_calibration(model, calibration, batch_size, with_gradients=True)
+        model.eval()
+        with importance.measuring(model), torch.no_grad():
+            for images, _, _ in iterate_batches(calibration, batch_size):
+                model(images)
+    elif isinstance(importance, TaylorFilterImportance):
+        importance.accumulate(model, calibration, batch_size)
     pruner.step()
     model.zero_grad(set_to_none=True)
     for module in model.modules():
-        for leftover in ("_positive_sum", "_positive_count"):
+        for leftover in ("_zero_sum", "_zero_count", "_taylor_sum", "_taylor_batches"):
             if hasattr(module, leftover):
                 delattr(module, leftover)
     return model.eval()

@@ -8,6 +8,7 @@ distilled 240 epochs (Tian et al. 2020's CRD benchmark), DARTS searched 50 epoch
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -56,12 +57,15 @@ class Scale:
     qat_epochs: float
     qat_learning_rate: float
     distill_epochs: float
+    hint_epochs: float
     crd_negatives: int
     search: SearchScale
     deployment_batch_size: int
     synthetic_train_count: int = 0
     synthetic_test_count: int = 0
     seed: int = 0
+    dry_run: bool = False
+    distributed_timeout_seconds: float = 1800.0
 
     def device(self) -> torch.device:
         """Paper scale trains on CUDA when there is one; smoke scale always on CPU."""
@@ -87,6 +91,7 @@ SMOKE = Scale(
     qat_epochs=1,
     qat_learning_rate=0.005,
     distill_epochs=3,
+    hint_epochs=1,
     crd_negatives=1024,
     search=SearchScale(
         cells=3,
@@ -104,7 +109,7 @@ SMOKE = Scale(
     ),
     deployment_batch_size=64,
     synthetic_train_count=3000,
-    synthetic_test_count=1000,
+    synthetic_test_count=1024,
 )
 
 PAPER = Scale(
@@ -124,6 +129,7 @@ PAPER = Scale(
     qat_epochs=10,
     qat_learning_rate=0.001,
     distill_epochs=240,
+    hint_epochs=30,
     crd_negatives=16384,
     search=SearchScale(
         cells=8,
@@ -139,6 +145,48 @@ PAPER = Scale(
         search_settings=TrainSettings(batch_size=64, learning_rate=0.025, weight_decay=3e-4),
     ),
     deployment_batch_size=128,
+    synthetic_train_count=50_000,
+    synthetic_test_count=10_000,
+    distributed_timeout_seconds=48 * 3600.0,
 )
+
+DRY_RUN_EPOCHS = 1
+DRY_RUN_TRAIN_COUNT = 1024
+DRY_RUN_TEST_COUNT = 512
+DRY_RUN_ZEROQ_STEPS = 20
+DRY_RUN_RANDOM_TRIALS = 2
+
+
+def dry_run(scale: Scale) -> Scale:
+    """`scale`'s models, sizes and code path with every schedule cut to one epoch (fractions
+    kept), ZeroQ to 20 steps and random search to 2 trials; synthetic CIFAR-shaped data of
+    1,024 training and 512 test images when no data set is given. Checks the path in minutes;
+    its figures are labelled `dry_run=yes` and are no benchmark result."""
+
+    def short(epochs: float) -> float:
+        return min(epochs, DRY_RUN_EPOCHS)
+
+    search = scale.search
+    return dataclasses.replace(
+        scale,
+        base_epochs=short(scale.base_epochs),
+        finetune_epochs=short(scale.finetune_epochs),
+        qat_epochs=short(scale.qat_epochs),
+        distill_epochs=short(scale.distill_epochs),
+        hint_epochs=short(scale.hint_epochs),
+        zeroq_steps=min(scale.zeroq_steps, DRY_RUN_ZEROQ_STEPS),
+        calibration_samples=min(scale.calibration_samples, DRY_RUN_TRAIN_COUNT),
+        search=dataclasses.replace(
+            search,
+            search_epochs=short(search.search_epochs),
+            retrain_epochs=short(search.retrain_epochs),
+            random_trials=min(search.random_trials, DRY_RUN_RANDOM_TRIALS),
+            random_trial_epochs=min(search.random_trial_epochs, 0.5),
+        ),
+        synthetic_train_count=DRY_RUN_TRAIN_COUNT,
+        synthetic_test_count=DRY_RUN_TEST_COUNT,
+        dry_run=True,
+    )
+
 
 SCALES = {scale.name: scale for scale in (SMOKE, PAPER)}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split, iterate_batches
+from .models import fold_batch_norm
 
 BatchLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(images, labels, sample indices) -> scalar loss to minimise."""
@@ -129,12 +132,44 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> float:
     return (predictions.cpu() == split.labels.cpu()).float().mean().item()
 
 
+def wilson_interval(correct: int, samples: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % for z = 1.96): unlike the normal
+    approximation it stays inside [0, 1] near 0 % and 100 % accuracy."""
+    if samples <= 0:
+        raise ValueError("an accuracy interval needs at least one sample")
+    share = correct / samples
+    denominator = 1 + z**2 / samples
+    centre = (share + z**2 / (2 * samples)) / denominator
+    half_width = z * math.sqrt(share * (1 - share) / samples + z**2 / (4 * samples**2))
+    return max(0.0, centre - half_width / denominator), min(1.0, centre + half_width / denominator)
+
+
+def record_accuracy(energy: Any, model: nn.Module, split: Split, batch_size: int = 500) -> float:
+    """Set `energy.accuracy` to `model`'s top-1 accuracy on `split` and
+    `energy.accuracy_interval` to its 95 % Wilson interval over the split's samples."""
+    accuracy = evaluate(model, split, batch_size)
+    samples = len(split)
+    low, high = wilson_interval(round(accuracy * samples), samples)
+    energy.accuracy = accuracy
+    energy.accuracy_interval = {"low": low, "high": high, "confidence": 0.95, "samples": samples}
+    return accuracy
+
+
 def inference_call(model: nn.Module, batch: Tensor) -> Callable[[], Tensor]:
-    """The deployment workload whose energy is IEC: one eval-mode forward pass over `batch`."""
-    model.eval()
+    """The deployment workload whose energy is IEC: one eval-mode forward pass over `batch` of
+    the model as deployed, batch norm folded into its convs (`fold_batch_norm`) like the int8
+    and PWLQ models, so every row of the table runs the same kind of graph."""
+    model = fold_batch_norm(model)
 
     def run_batch() -> Tensor:
         with torch.inference_mode():
             return model(batch)
 
     return run_batch
+
+
+def measure_inference(energy: Any, model: nn.Module, batch: Tensor) -> None:
+    """IEC of `model` deployed (`inference_call`) on `batch`, measured where it runs: on the
+    batch's device, so a CPU-only int8 model on a GPU machine is left to the CPU meters and the
+    counted meter (`energy.inference(runs_on=...)`), never charged GPU idle power."""
+    energy.inference(inference_call(model, batch), samples=len(batch), runs_on=batch.device.type)
