@@ -1,6 +1,7 @@
 # One command sets everything up and does the job:
-#   make bench   create .venv, install pytest-energy, run the benchmark with --energy
-#   make test    create .venv, install pytest-energy with its test extra, lint, run the tests
+#   make bench   create .venv, install pytest-energy with the bench extra, run the benchmark
+#   make test    create .venv, install pytest-energy with its test and bench extras (tests/test_bench_*
+#                exercise the benchmark), lint, run the tests
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ BENCH_ARGS ?=
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
