@@ -130,3 +130,52 @@ def test_codecarbons_tables_are_read_through_its_data_source(table: str) -> None
         assert len(rows) > 1000 and Path(DataSource().cpu_power_path).is_file()
     else:
         assert carbon._codecarbon_data_file() == Path(DataSource().global_energy_mix_data_path)
+
+
+def pins() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}."""
+    pinned = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            pinned[normalise(name)] = version
+    return pinned
+
+
+def normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def test_constraints_pin_every_requirement_torch_included() -> None:
+    metadata = project()
+    extras = metadata["optional-dependencies"]
+    wanted = requirement_names(metadata["dependencies"] + extras["test"] + extras["bench"])
+    pinned = pins()
+    assert wanted <= set(pinned), f"not pinned: {sorted(wanted - set(pinned))}; run `make lock`"
+    assert "pytest-energy" not in pinned
+    assert pinned["torch"] and pinned["torchvision"]
+
+
+def test_make_installs_with_the_constraints_and_can_refresh_them() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "-c $(CONSTRAINTS) -e '.[test,bench]'" in makefile
+    assert "CONSTRAINTS ?= constraints.txt" in makefile
+    assert "\nlock:" in makefile and "pip freeze" in makefile
+
+
+def test_this_environment_has_the_pinned_versions() -> None:
+    """`make test` installed from constraints.txt: every pinned package present is that version."""
+    from importlib import metadata
+
+    installed = {
+        normalise(distribution.metadata["Name"]): distribution.version
+        for distribution in metadata.distributions()
+    }
+    wrong = {
+        name: f"{installed[name]} installed, {version} pinned"
+        for name, version in pins().items()
+        if name in installed and installed[name] != version
+    }
+    assert not wrong, f"{wrong}: install with `make install` (pip install -c constraints.txt)"
