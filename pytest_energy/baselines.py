@@ -42,6 +42,7 @@ import filelock
 from pytest_energy.compare import Provenance, Recorded
 from pytest_energy.errors import BaselineError
 from pytest_energy.machine import machine_info
+from pytest_energy.metadata import run_metadata
 from pytest_energy.meters.base import KINDS
 from pytest_energy.profiles import Profile, profile_from_results
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
@@ -105,6 +106,7 @@ def run_provenance(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "commit": git_commit(directory),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": machine_info()["versions"],
+        "run": run_metadata(directory),
     }
 
 
