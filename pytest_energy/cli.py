@@ -11,6 +11,7 @@ from tabulate import tabulate
 from pytest_energy.compare_command import add_compare_command
 from pytest_energy.errors import EnergyError
 from pytest_energy.export import add_export_command
+from pytest_energy.history_command import add_history_command
 from pytest_energy.meters import MeterOptions, probe_meters
 
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=command_report)
     add_compare_command(commands)
     add_export_command(commands)
+    add_history_command(commands)
     return parser
 
 
