@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_ONLY = ("torchvision", "torch_pruning", "torchao")
@@ -49,6 +48,7 @@ def run_blocked(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def project() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI and make use 3.11)
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
