@@ -3,8 +3,8 @@
     grams_co2e = joules × PUE / 3.6e6 J/kWh × intensity (gCO2e/kWh)
 
 The intensity is, in order: a number the user gives (``--energy-carbon-intensity``), a
-country's average from codecarbon's bundled energy-mix table (``--energy-country ISO3``, read
-offline from the installed package's data file without importing codecarbon), or the world
+country's average from codecarbon's bundled energy-mix table (``--energy-country ISO3``, found
+offline through codecarbon's ``DataSource``, only when a country is asked for), or the world
 average of 475 gCO2e/kWh that codecarbon also uses. PUE (power usage effectiveness, ≥ 1) scales
 the IT energy the meters saw up to what the data centre drew.
 """
@@ -12,7 +12,6 @@ the IT energy the meters saw up to what the data centre drew.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ WORLD_AVERAGE_G_PER_KWH = 475.0
 WORLD_AVERAGE_SOURCE = (
     "world average (IEA Global Energy & CO2 Status Report 2019, codecarbon's default)"
 )
-ENERGY_MIX_FILE = ("data", "private_infra", "global_energy_mix.json")
 
 
 @dataclass(frozen=True)
@@ -56,18 +54,18 @@ def grams_co2e(joules: float, grams_per_kwh: float, pue: float = 1.0) -> float:
 
 
 def _codecarbon_data_file() -> Path | None:
-    """The energy-mix table inside the installed codecarbon package, found without importing it."""
+    """The energy-mix table codecarbon ships, located by its public ``DataSource`` accessor.
+
+    codecarbon knows where its own data lives; its ``get_global_energy_mix_data()`` would also
+    load pandas and every other table (~0.5 s), so the path accessor is used and read here.
+    """
     try:
-        spec = importlib.util.find_spec("codecarbon")
-    except (ImportError, ValueError):
+        from codecarbon.input import DataSource
+
+        path = Path(DataSource().global_energy_mix_data_path)
+    except (ImportError, AttributeError, OSError):
         return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location).joinpath(*ENERGY_MIX_FILE)
-        if path.is_file():
-            return path
-    return None
+    return path if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from tabulate import tabulate
 
 from pytest_energy.errors import EnergyError
+from pytest_energy.export import add_export_command
 from pytest_energy.gate.cli import add_compare_command
 from pytest_energy.gate.runs import add_run_commands
 from pytest_energy.gate.store import refuse_overwriting_inputs
+from pytest_energy.history_command import add_history_command
 from pytest_energy.meters import MeterOptions, probe_meters
 
 
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=command_report)
     add_compare_command(commands)
     add_run_commands(commands)
+    add_export_command(commands)
+    add_history_command(commands)
     return parser
 
 

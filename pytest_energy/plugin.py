@@ -28,6 +28,7 @@ from pytest_energy.fixture import EnergyFixture
 from pytest_energy.gate.plugin import RegressionGate
 from pytest_energy.gate.plugin import add_options as add_gate_options
 from pytest_energy.machine import machine_info
+from pytest_energy.metadata import dirty_save_warning, run_metadata
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
 from pytest_energy.report.outputs import ReportWriter
 from pytest_energy.report.outputs import add_options as add_report_options
@@ -354,3 +355,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     path = config.getoption("--energy-json")
     if path and not any(p.startswith("--energy-json") for p in config.stash[FAILED_KEY]):
         write(f"results written to {path}")
+    dirty = config.getoption("--energy-save") and dirty_save_warning(run_metadata(config.rootpath))
+    if dirty:
+        write(f"warning: {dirty}", yellow=True)

@@ -39,6 +39,7 @@ from typing import Any
 
 from pytest_energy.config import LifecycleSettings
 from pytest_energy.lifecycle import full_cycle_joules, greenness
+from pytest_energy.metadata import run_metadata
 from pytest_energy.meters.base import Reading
 
 SCHEMA = "pytest-energy/results"
@@ -234,6 +235,7 @@ def results_document(
         "version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": dict(machine),
+        "run": run_metadata(os.getcwd()),
         "meters": [dict(meter) for meter in meters],
         "tests": {nodeid: dict(tests[nodeid]) for nodeid in sorted(tests)},
     }

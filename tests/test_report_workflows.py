@@ -30,6 +30,18 @@ OFFICIAL_ACTIONS = {
     "github-script",
 }
 PINNED = re.compile(r"^actions/(?P<name>[a-z-]+)@[0-9a-f]{40}$")
+# The node24 majors, current when the SHAs were pinned (each SHA is the commit of that tag).
+CURRENT_MAJORS = {
+    "checkout": 7,
+    "setup-python": 7,
+    "upload-artifact": 7,
+    "download-artifact": 8,
+    "github-script": 8,
+}
+USES_LINE = re.compile(
+    r"uses: actions/(?P<name>[a-z-]+)@(?P<sha>[0-9a-f]{40}) # v(?P<major>\d+)\.\d+\.\d+$"
+)
+PULL_REQUESTS_ONLY = "${{ github.event_name == 'pull_request' }}"
 
 
 def load(name: str) -> dict[str, Any]:
@@ -188,3 +200,62 @@ def test_the_comment_script_is_valid_javascript() -> None:
         ["node", "-e", PARSE_AS_GITHUB_SCRIPT], input=script, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_each_pin_names_its_release_and_is_a_current_major() -> None:
+    seen: dict[str, set[str]] = {}
+    for path in workflow_files():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "uses:" not in line:
+                continue
+            match = USES_LINE.search(line.strip())
+            assert match, f"{path.name}: {line.strip()!r} lacks '# vX.Y.Z' after the SHA"
+            name = match.group("name")
+            assert int(match.group("major")) >= CURRENT_MAJORS[name], f"{path.name}: {line}"
+            seen.setdefault(name, set()).add(match.group("sha"))
+    # One release of each action everywhere: an upgrade cannot leave a file behind.
+    assert all(len(shas) == 1 for shas in seen.values()), seen
+
+
+def test_only_pull_requests_cancel_a_run_in_progress() -> None:
+    for path in workflow_files():
+        concurrency = load(path.name).get("concurrency")
+        if concurrency is None:
+            continue
+        # A run on main is never cancelled: every commit on main keeps its figures.
+        assert concurrency["cancel-in-progress"] == PULL_REQUESTS_ONLY, path.name
+        assert "${{ github.ref }}" in concurrency["group"], path.name
+
+
+def test_the_comment_is_found_by_the_exact_bot_login() -> None:
+    script = next(
+        step["with"]["script"]
+        for step in steps(load("energy-comment.yml"))
+        if "github-script" in step.get("uses", "")
+    )
+    assert 'comment.user?.login === "github-actions[bot]"' in script
+    assert 'type === "Bot"' not in script
+
+
+def test_tests_and_lint_run_on_pull_requests_and_main() -> None:
+    workflow = load("tests.yml")
+    assert "pull_request" in workflow["on"]
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert workflow["permissions"] == {"contents": "read"}
+    lint = " ".join(step.get("run", "") for step in workflow["jobs"]["lint"]["steps"])
+    assert "-c constraints.txt ruff" in lint
+    assert "ruff check" in lint and "ruff format --check" in lint
+    test = next(step for step in workflow["jobs"]["test"]["steps"] if "run" in step)
+    # `make test`: the pinned install (constraints.txt), lint, then pytest tests/.
+    assert test["run"].startswith("make test") and "continue-on-error" not in test
+    for job in workflow["jobs"].values():
+        assert job["runs-on"] == "ubuntu-latest" and job["timeout-minutes"] <= 60
+        checkout = next(step for step in job["steps"] if "checkout" in step.get("uses", ""))
+        assert checkout["with"]["persist-credentials"] is False
+
+
+def test_pip_caches_follow_the_pinned_constraints() -> None:
+    for path in workflow_files():
+        for step in steps(load(path.name)):
+            if "setup-python" in step.get("uses", "") and step["with"].get("cache") == "pip":
+                assert "constraints.txt" in step["with"]["cache-dependency-path"].split(), path.name

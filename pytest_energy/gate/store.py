@@ -33,11 +33,9 @@ cannot be trusted is never overwritten.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
-import subprocess
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from pytest_energy.gate.compare import Provenance, Recorded
 from pytest_energy.gate.profiles import Profile, profile_from_results
 from pytest_energy.gate.sessions import DEFAULT_KEEP_SESSIONS, merge_sessions, session_item
 from pytest_energy.machine import machine_info
+from pytest_energy.metadata import run_metadata
 from pytest_energy.meters.base import KINDS
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
 from pytest_energy.results import SCHEMA_VERSION as RESULTS_VERSION
@@ -89,54 +88,23 @@ def baseline_path(directory: str | os.PathLike[str], profile: Profile) -> Path:
     return Path(directory) / f"{profile.name}.json"
 
 
-def git_commit(directory: str | os.PathLike[str]) -> str | None:
-    """``git rev-parse HEAD`` in ``directory``, ``None`` outside a repository or without git."""
-    try:
-        completed = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = completed.stdout.strip()
-    return commit if completed.returncode == 0 and commit else None
-
-
-def _git(directory: str | os.PathLike[str], *arguments: str) -> str | None:
-    try:
-        completed = subprocess.run(
-            ["git", *arguments],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return completed.stdout.strip() if completed.returncode == 0 else None
-
-
 def run_provenance(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Commit, branch, dirty flag, UTC time, library versions and machine of this run.
 
-    Stored with each saved test (``recorded``) and each of its sessions (``provenance``).
+    Stored with each saved test (``recorded``) and each of its sessions (``provenance``); the
+    commit, branch, time and dirty flag are :func:`pytest_energy.metadata.run_metadata`'s.
     """
-    status = _git(directory, "status", "--porcelain", "--untracked-files=no")
-    time = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run = run_metadata(directory)
     info = machine_info()
     return {
-        "commit": git_commit(directory),
-        "branch": _git(directory, "rev-parse", "--abbrev-ref", "HEAD") or None,
-        "dirty": None if status is None else bool(status),
-        "date": time,
-        "time": time,
+        "commit": run["commit"],
+        "branch": run["branch"],
+        "dirty": run["dirty"],
+        "date": run["time"],
+        "time": run["time"],
         "versions": info["versions"],
         "machine": {key: info[key] for key in ("cpu_model", "cpu_threads", "platform")},
+        "run": run,
     }
 
 

@@ -17,7 +17,7 @@ import platform
 import re
 import time
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
@@ -59,14 +59,16 @@ def _normalise(cpu_name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _codecarbon_tdp_table() -> dict[str, float]:
-    """codecarbon's bundled CPU table, normalised name -> TDP in watts (read, not imported)."""
+    """codecarbon's bundled CPU table, normalised name -> TDP in watts.
+
+    Located by codecarbon's public ``DataSource`` and read as CSV here: its
+    ``get_cpu_power_data()`` would load pandas and all its other tables first (~0.5 s).
+    """
     try:
-        text = (
-            resources.files("codecarbon")
-            .joinpath("data/hardware/cpu_power.csv")
-            .read_text(encoding="utf-8")
-        )
-    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        from codecarbon.input import DataSource
+
+        text = Path(DataSource().cpu_power_path).read_text(encoding="utf-8")
+    except (ImportError, AttributeError, OSError):
         return {}
     table: dict[str, float] = {}
     for row in csv.DictReader(io.StringIO(text)):
