@@ -54,6 +54,7 @@ DEFAULT_DIRECTORY = "baselines"
 LOCK_TIMEOUT_SECONDS = 120.0
 GITIGNORE_TEXT = (
     "# written by pytest-energy: lock files of concurrent --energy-save runs\n.*.lock\n"
+    "# and temporaries of interrupted saves (the next save removes them)\n.pytest-energy-*.tmp\n"
 )
 _FIX_IT = (
     "fix it or delete it (a new baseline is recorded with --energy-save); it was left untouched"

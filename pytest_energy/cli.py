@@ -26,6 +26,7 @@ def command_meters(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     """Render the markdown report and charts of a saved results file, without re-running."""
+    from pytest_energy.files import check_output_path
     from pytest_energy.report.markdown import render_report
     from pytest_energy.report.outputs import report_from_files, report_settings, write_markdown
 
@@ -38,15 +39,21 @@ def command_report(args: argparse.Namespace) -> int:
         reference=args.reference,
     )
     gate = [name.strip() for name in args.gate.split(",") if name.strip()] if args.gate else None
+    inputs = [args.results, *args.baseline]
+    for output, what in ((settings.markdown, "--markdown"), (settings.plot, "--plot")):
+        if output is not None:
+            check_output_path(output, what, inputs)
     report, _comparison = report_from_files(args.results, args.baseline, settings, gate)
     if settings.markdown is not None:
-        print(f"markdown written to {write_markdown(report, settings.markdown)}", file=sys.stderr)
+        written = write_markdown(report, settings.markdown, inputs)
+        print(f"markdown written to {written}", file=sys.stderr)
     elif args.plot is None or args.markdown == "-":
         sys.stdout.write(render_report(report))
     if settings.plot is not None:
         from pytest_energy.report.charts import write_chart
 
-        print(f"charts written to {write_chart(report, settings.plot)}", file=sys.stderr)
+        written = write_chart(report, settings.plot, inputs)
+        print(f"charts written to {written}", file=sys.stderr)
     regressed = report.verdict_counts()["regressed"]
     return 1 if args.check and regressed else 0
 
