@@ -1,7 +1,8 @@
 """Checks made once, when a run is configured, so bad input fails before any test runs.
 
 - output paths (``--energy-json``, ``--energy-markdown``, ``--energy-plot``) that could never be
-  written (a parent that is a regular file, a directory given as a file);
+  written (a parent that is a regular file, a directory given as a file), and a baselines
+  directory that is a file (else read as "no baselines");
 - a rootdir that pytest chose from one of pytest-energy's own option values (pytest reads
   ``--energy-baselines /abs/dir``, given as two arguments, as a test path while it decides the
   rootdir), which would key every node id differently and make ``--energy-save
@@ -18,6 +19,7 @@ import itertools
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,14 @@ def check_output_options(config: pytest.Config) -> None:
         value = config.getoption(option, None)
         if value:
             check_output_path(value, option)
+    baselines = config.getoption("--energy-baselines", None) or config.getini("energy_baselines")
+    if baselines and config.getoption("--energy", False):
+        directory = Path(config.rootpath, baselines)
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(
+                f"--energy-baselines {baselines}: {directory} is a file, not a directory of "
+                f"baselines; point it at a directory (default: baselines/)"
+            )
 
 
 def check_rootdir_not_moved(config: pytest.Config) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from pytest_energy.config import LifecycleSettings as Defaults
 from pytest_energy.config import lifecycle_settings, parse_tolerance
-from pytest_energy.errors import ConfigError
+from pytest_energy.errors import ConfigError, ImplausibleReading
+from pytest_energy.meters.base import Reading
 
 CPUTIME = ["--energy", "--energy-meter", "cputime", "--energy-rounds", "2"]
 
@@ -249,3 +251,18 @@ def test_a_rootdir_moved_by_an_option_value_is_refused(pytester, monkeypatch):
         ["*pytest chose the rootdir * because it read --energy-baselines */elsewhere as a test*"]
     )
     assert list(outside.iterdir()) == []
+
+
+def test_a_baselines_directory_that_is_a_file_is_an_error(pytester):
+    pytester.makepyfile(ONE_TEST)
+    (pytester.path / "b").write_text("not a directory\n")
+    result = pytester.runpytest(*CPUTIME, "--energy-baselines=b")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--energy-baselines b: *b is a file, not a directory*"])
+    assert (pytester.path / "b").read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("joules", [-5.0, math.inf, math.nan])
+def test_a_reading_with_an_impossible_figure_is_refused_where_it_is_made(joules):
+    with pytest.raises(ImplausibleReading, match=r"rapl: refused a reading with joules\['cpu"):
+        Reading("rapl", "measured", 1.0, {"cpu:package-0": joules})
