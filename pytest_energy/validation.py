@@ -54,8 +54,8 @@ def check_rootdir_not_moved(config: pytest.Config) -> None:
     Node ids are relative to the rootdir, and baselines are keyed by node id: a moved rootdir
     makes every test "new" and lets ``--energy-save --energy-prune`` drop every entry.
     """
-    if not config.getoption("--energy", False):
-        return
+    if not config.getoption("--energy", False) or hasattr(config, "workerinput"):
+        return  # xdist workers take the controller's rootdir, checked there
     try:
         from _pytest.config.findpaths import determine_setup
 
