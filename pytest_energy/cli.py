@@ -57,20 +57,20 @@ def command_report(args: argparse.Namespace) -> int:
         pue=args.pue,
         reference=args.reference,
     )
-    refuse_overwriting_inputs(
-        {"--markdown": settings.markdown, "--plot": settings.plot},
-        [args.results, *(args.baseline or [])],
-    )
+    inputs = [args.results, *(args.baseline or [])]
+    refuse_overwriting_inputs({"--markdown": settings.markdown, "--plot": settings.plot}, inputs)
     gate = _report_gate(args.results, args.gate)
     report, _comparison = report_from_files(args.results, args.baseline, settings, gate)
     if settings.markdown is not None:
-        print(f"markdown written to {write_markdown(report, settings.markdown)}", file=sys.stderr)
+        written = write_markdown(report, settings.markdown, inputs)
+        print(f"markdown written to {written}", file=sys.stderr)
     elif args.plot is None or args.markdown == "-":
         sys.stdout.write(render_report(report))
     if settings.plot is not None:
         from pytest_energy.report.charts import write_chart
 
-        print(f"charts written to {write_chart(report, settings.plot)}", file=sys.stderr)
+        written = write_chart(report, settings.plot, inputs)
+        print(f"charts written to {written}", file=sys.stderr)
     regressed = report.verdict_counts()["regressed"]
     return 1 if args.check and regressed else 0
 

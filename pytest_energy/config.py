@@ -6,6 +6,7 @@ value looks like, so the plugin can show it as a one-line pytest error.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,14 @@ DEFAULT_WARMUP_CALLS = 1
 TOLERANCE_QUANTITIES = ("train", "inference", "full_cycle")
 LABEL_KEYWORDS = ("family", "method", "model", "dataset")
 LIFECYCLE_KEYWORDS = ("usage", "tolerance", "tau")
+KNOWN_LABELS = (*LABEL_KEYWORDS, "task")
+MARKER_KEYWORDS = (*LIFECYCLE_KEYWORDS, *KNOWN_LABELS)
+"""Every keyword ``@pytest.mark.lifecycle`` knows; another keyword is a free label unless it
+looks like a misspelling of one of these (``tolerence=``), which is refused."""
+MAX_USAGE = 1e18
+"""More inferences than a model can serve: a billion a second for thirty years is 1e18."""
+MAX_CPU_WATTS_PER_THREAD = 500.0
+"""No hardware thread draws more: the most power-hungry server CPUs stay under 10 W a thread."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,13 @@ def _parse_fraction(value: Any, where: str) -> float:
         raise ConfigError(f"{where}: expected a fraction such as 0.05 or 5%, got {value!r}")
     if not math.isfinite(fraction) or fraction < 0:
         raise ConfigError(f"{where}: a tolerance must be a finite number ≥ 0, got {value!r}")
+    # "5" or 5 reads as 500 %; the user almost surely meant 5 %. A float (1.5) is a fraction.
+    bare = (isinstance(value, str) and not value.strip().endswith("%")) or isinstance(value, int)
+    if bare and fraction >= 1:
+        raise ConfigError(
+            f"{where}: {value!r} is ambiguous: as a fraction it allows a {fraction:.0%} rise. "
+            f"Write '{fraction:g}%' for {fraction:g} %, or '{fraction:.0%}' if you mean it"
+        )
     return fraction
 
 
@@ -110,8 +126,11 @@ def parse_usage(value: Any, where: str = "usage") -> tuple[float, ...]:
             raise ConfigError(
                 f"{where}: {item!r} is not a number of inferences (use e.g. 1e6)"
             ) from None
-        if not math.isfinite(number) or number < 0:
-            raise ConfigError(f"{where}: usage must be a finite count ≥ 0, got {item!r}")
+        if not math.isfinite(number) or not 0 <= number <= MAX_USAGE:
+            raise ConfigError(
+                f"{where}: usage must be a count of inferences from 0 to {MAX_USAGE:g}, "
+                f"got {item!r}"
+            )
         usage.append(number)
     if not usage:
         raise ConfigError(f"{where}: give at least one usage, e.g. [1e3, 1e6, 1e9]")
@@ -142,6 +161,30 @@ def parse_number(
 def parse_tau(value: Any, where: str = "tau") -> float:
     """τ ≥ 0, the weight of accuracy in greenness Acc^τ / E(MUI)."""
     return parse_number(value, where, "τ, a finite number ≥ 0 such as 1", minimum=0.0)
+
+
+def parse_cpu_watts(value: Any, where: str = "--energy-cpu-watts") -> float:
+    """Watts per busy hardware thread for the cputime meter: finite, > 0, physically possible."""
+    expected = (
+        f"watts per hardware thread, a number > 0 and ≤ {MAX_CPU_WATTS_PER_THREAD:g} "
+        f"(a CPU's TDP divided by its threads, e.g. 4)"
+    )
+    watts = parse_number(value, where, expected, 0.0, MAX_CPU_WATTS_PER_THREAD)
+    if watts <= 0:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return watts
+
+
+def check_marker_keyword(key: str, where: str) -> None:
+    """Refuse a keyword that looks like a misspelled known one, with the suggestion."""
+    if key in MARKER_KEYWORDS:
+        return
+    close = difflib.get_close_matches(key, MARKER_KEYWORDS, n=1, cutoff=0.75)
+    if close:
+        raise ConfigError(
+            f"{where}: unknown lifecycle keyword {key}=; did you mean {close[0]}=? "
+            f"(known: {', '.join(MARKER_KEYWORDS)}; other keywords are free labels)"
+        )
 
 
 def parse_positive_int(value: Any, where: str) -> int:
@@ -175,6 +218,7 @@ def lifecycle_settings(
     tau = defaults.tau
     labels = dict(defaults.labels)
     for key, value in marker_kwargs.items():
+        check_marker_keyword(key, where)
         if key == "usage":
             usage = parse_usage(value, f"{where}: lifecycle(usage=...)")
         elif key == "tolerance":

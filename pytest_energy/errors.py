@@ -29,3 +29,14 @@ class BaselineError(EnergyError):
 
 class ReportError(EnergyError):
     """A report cannot be made: an optional dependency is missing or an output cannot be written."""
+
+
+class OutputError(EnergyError, OSError):
+    """An output file cannot be written (or would overwrite an input); the message names it.
+
+    Also an ``OSError``, so code that already handles a failed write handles this one.
+    """
+
+
+class ImplausibleReading(MeterError):
+    """A meter produced a figure no hardware can: negative, infinite, NaN or beyond its power."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ class EnergyFixture:
         self._first_run: tuple[list[PhaseRecord], InferenceRecord | None, float | None] | None = (
             None
         )
+        self._open_window: str | None = None
+        self._inference_called = False
 
     @property
     def enabled(self) -> bool:
@@ -60,6 +63,11 @@ class EnergyFixture:
     @accuracy.setter
     def accuracy(self, value: float) -> None:
         __tracebackhide__ = True
+        if isinstance(value, bool):
+            raise MeasurementError(
+                f"energy.accuracy must be a number in [0, 1], got {value!r} (a bool is not an "
+                f"accuracy: give the fraction of correct predictions)"
+            )
         try:
             accuracy = float(value)
         except (TypeError, ValueError):
@@ -83,11 +91,26 @@ class EnergyFixture:
         self._phase_names.add(name)
 
     @contextlib.contextmanager
+    def _window(self, label: str) -> Iterator[None]:
+        """Refuse nested windows with or without ``--energy``: misuse fails the same either way."""
+        __tracebackhide__ = True
+        if self._open_window is not None:
+            raise MeasurementError(
+                f"{label} was opened inside {self._open_window}: measured windows cannot nest. "
+                f"Close the first window before opening the next one."
+            )
+        self._open_window = label
+        try:
+            yield
+        finally:
+            self._open_window = None
+
+    @contextlib.contextmanager
     def train(self, phase: str) -> Iterator[None]:
         """Measure one training phase (compression, fine-tuning, search...); it adds to TEC."""
         __tracebackhide__ = True
         self._claim_phase_name(phase, f"energy.train({phase!r})")
-        with self.live.phase_window(phase):
+        with self._window(f"energy.train({phase!r})"), self.live.phase_window(phase):
             if not self.enabled:
                 yield
                 return
@@ -116,7 +139,11 @@ class EnergyFixture:
         __tracebackhide__ = True
         self._claim_phase_name(phase, f"energy.train_distributed({phase!r})")
         label = f"energy.train_distributed({phase!r})"
-        with self.live.phase_window(phase), self._session.window(label, meters=[]):
+        with (
+            self._window(label),
+            self.live.phase_window(phase),
+            self._session.window(label, meters=[]),
+        ):
             run = run_distributed(
                 fn,
                 world_size,
@@ -204,11 +231,17 @@ class EnergyFixture:
             raise MeasurementError(
                 f"energy.inference(runs_on=...) is 'cpu', 'cuda' or None, got {runs_on!r}"
             )
-        if self.inference_record is not None:
+        if self.inference_record is not None or self._inference_called:
             raise MeasurementError(
                 "energy.inference() was already called in this test: one inference "
                 "measurement per lifecycle test"
             )
+        if self._open_window is not None:
+            raise MeasurementError(
+                f"energy.inference() was called inside {self._open_window}: measured windows "
+                f"cannot nest. Call it after the training window closes."
+            )
+        self._inference_called = True
         if not self.enabled or self._first_run is not None:
             _call(fn, "energy.inference(fn)")
             return None
@@ -260,6 +293,7 @@ class EnergyFixture:
         else:
             self.train_repeats.append(self.phases)
         self.phases, self.inference_record, self._phase_names = [], None, set()
+        self._inference_called = False
 
     def end_repeats(self) -> None:
         """Keep the last repeat's phases and restore the first run as the test's result."""
@@ -275,6 +309,7 @@ class EnergyFixture:
         )
         if self.accuracy_interval is not None:
             record["accuracy_interval"] = dict(self.accuracy_interval)
+        record["warnings"] = [*record["warnings"], *zero_inference_warnings(record)]
         for meter, view in record["meters"].items():
             if meter in self._not_measured:
                 view["inference_not_measured"] = self._not_measured[meter]
@@ -311,12 +346,39 @@ def _calls_spanning(fn: Callable[[], Any], window_seconds: float) -> int:
         calls = min(max(wanted, calls + 1), calls * 10)
 
 
+def zero_inference_warnings(record: dict[str, Any]) -> list[str]:
+    """An IEC of 0 J is named, never passed off as free inference (as 0 J phases are)."""
+    warnings = []
+    for meter, view in record["meters"].items():
+        if view.get("iec_joules_per_sample") == 0:
+            why = (
+                "no torch operator ran in it"
+                if view.get("kind") == "counted"
+                else "shorter than the meter resolves, or the counter did not update"
+            )
+            warnings.append(f"{meter}: inference read 0 J per sample ({why})")
+    return warnings
+
+
 def _call(fn: Callable[[], Any], what: str) -> Any:
-    """Call user code; its own exception propagates with a note saying where it was called."""
+    """Call user code; its own exception propagates with a note saying where it was called.
+
+    A function that returns a generator or a coroutine did no work: refused, so that a lazy
+    ``lambda: (model(x) for x in batch)`` never measures as a cheap model.
+    """
     __tracebackhide__ = True
     try:
-        return fn()
+        result = fn()
     except Exception as error:
         if hasattr(error, "add_note"):
             error.add_note(f"(raised inside {what})")
         raise
+    if inspect.isgenerator(result) or inspect.iscoroutine(result) or inspect.isasyncgen(result):
+        with contextlib.suppress(Exception):
+            result.close()
+        raise MeasurementError(
+            f"{what} returned a {type(result).__name__} without running it, so no inference "
+            f"was done; return the outputs instead (e.g. list(...) of a generator, or run "
+            f"the coroutine)"
+        )
+    return result

@@ -17,13 +17,15 @@ from pytest_energy.config import (
     DEFAULT_WARMUP_CALLS,
     LifecycleSettings,
     lifecycle_settings,
+    parse_cpu_watts,
     parse_positive_int,
     parse_tau,
     parse_tolerance,
     parse_usage,
 )
 from pytest_energy.distributed import reports_here
-from pytest_energy.errors import ConfigError, EnergyError, MeasurementError
+from pytest_energy.errors import ConfigError, EnergyError, MeasurementError, MeterError
+from pytest_energy.files import write_json_atomic
 from pytest_energy.fixture import EnergyFixture
 from pytest_energy.gate.plugin import RegressionGate
 from pytest_energy.gate.plugin import add_options as add_gate_options
@@ -33,8 +35,15 @@ from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
 from pytest_energy.report.outputs import ReportWriter
 from pytest_energy.report.outputs import add_options as add_report_options
 from pytest_energy.report.terminal import summary_table
-from pytest_energy.results import results_document, write_json_atomic
+from pytest_energy.results import results_document
 from pytest_energy.session import EnergySession
+from pytest_energy.validation import (
+    check_output_options,
+    check_rootdir_not_moved,
+    lifecycle_without_fixture,
+    name_ini_source,
+    warm_up_meters,
+)
 from pytest_energy.workers import (
     ALLOW_SHARED_OPTION,
     GPU_PER_WORKER_OPTION,
@@ -68,7 +77,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--energy-cpu-watts",
         metavar="WATTS",
-        type=float,
         default=None,
         help="watts per busy hardware thread for the cputime meter "
         "(default: CPU TDP from codecarbon's table / threads, else 4 W)",
@@ -184,7 +192,7 @@ def _build_session(config: pytest.Config) -> EnergySession:
     )
     parse_meter_spec(meter_spec)
     options = MeterOptions(
-        cpu_watts_per_thread=float(cpu_watts) if cpu_watts is not None else None,
+        cpu_watts_per_thread=parse_cpu_watts(cpu_watts) if cpu_watts is not None else None,
         rapl_root=config.getoption("--energy-rapl-root"),
         counted_energy_table=_counted_table(config.getoption("--energy-counted-table")),
     )
@@ -208,13 +216,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "energy test; labels such as family=, method=, model=, dataset= group the reports",
     )
     try:
+        check_output_options(config)
+        check_rootdir_not_moved(config)
         pin_worker_gpu(config)  # before any meter or test looks at CUDA_VISIBLE_DEVICES
         config.stash[SESSION_KEY] = _build_session(config)
         report_writer = ReportWriter(config, config.stash[SESSION_KEY])
         config.stash[GATE_KEY] = RegressionGate.from_config(config, config.stash[SESSION_KEY])
         shared_meters_kept = check_shared_meters(config, config.stash[SESSION_KEY].meters)
     except (EnergyError, ValueError) as error:
-        raise pytest.UsageError(str(error)) from None
+        raise pytest.UsageError(name_ini_source(config, str(error))) from None
     if shared_meters_kept:
         config.issue_config_time_warning(pytest.PytestWarning(shared_meters_kept), stacklevel=2)
     config.stash[FAILED_KEY] = []
@@ -268,6 +278,31 @@ def energy(
     yield fixture
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Pay the meters' one-time costs now (test modules, torch included, are imported)."""
+    energy_session = session.config.stash.get(SESSION_KEY, None)
+    if energy_session is not None and energy_session.enabled and session.items:
+        warm_up_meters(energy_session.meters)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A lifecycle marker is checked even on a test that cannot measure (no ``energy``)."""
+    marker = item.get_closest_marker("lifecycle")
+    if marker is None or "energy" in getattr(item, "fixturenames", ()):
+        return
+    energy_session = item.config.stash.get(SESSION_KEY, None)
+    if energy_session is None:
+        return
+    try:
+        lifecycle_settings(marker.args, marker.kwargs, energy_session.defaults, item.nodeid)
+    except ConfigError as error:
+        pytest.fail(str(error), pytrace=False)
+    message = lifecycle_without_fixture(item.nodeid)
+    if energy_session.enabled:
+        pytest.fail(message, pytrace=False)
+    item.warn(pytest.PytestWarning(message))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
@@ -275,10 +310,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.when != "call":
         return
     fixture = item.stash.get(FIXTURE_KEY, None)
-    if fixture is None or not fixture.enabled or not fixture.measured_anything:
+    if fixture is None:
         return
-    if call.excinfo is not None and call.excinfo.errisinstance(MeasurementError):
+    if call.excinfo is not None and call.excinfo.errisinstance((MeasurementError, MeterError)):
         report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+        if call.excinfo.errisinstance(MeterError):
+            return  # a meter's figure was refused: no record is built on it
+    if not fixture.enabled or not fixture.measured_anything:
+        return
     setattr(report, REPORT_ATTRIBUTE, fixture.result(report.outcome))
 
 
@@ -319,9 +358,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if GATE_KEY in config.stash:
         document.update(config.stash[GATE_KEY].results_extras())
     try:
-        write_json_atomic(path, document)
-    except OSError as error:
-        config.stash[FAILED_KEY].append(f"--energy-json {path}: cannot write ({error})")
+        write_json_atomic(path, document, "--energy-json")
+    except OSError as error:  # files.OutputError names the path and why; nothing else is lost
+        config.stash[FAILED_KEY].append(str(error))
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -353,7 +394,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for problem in config.stash[FAILED_KEY]:
         write(f"not in the results: {problem}", red=True)
     path = config.getoption("--energy-json")
-    if path and not any(p.startswith("--energy-json") for p in config.stash[FAILED_KEY]):
+    if path and not any("--energy-json" in p for p in config.stash[FAILED_KEY]):
         write(f"results written to {path}")
     dirty = config.getoption("--energy-save") and dirty_save_warning(run_metadata(config.rootpath))
     if dirty:

@@ -28,16 +28,15 @@ see ``profiles.py``) and ``comparison`` (``compare.ComparisonReport.to_dict()``)
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pytest_energy.config import LifecycleSettings
+from pytest_energy.files import dump_json as dump_json  # re-exported: files.py writes
+from pytest_energy.files import write_json_atomic as write_json_atomic
 from pytest_energy.lifecycle import full_cycle_joules, greenness
 from pytest_energy.metadata import run_metadata
 from pytest_energy.meters.base import Reading
@@ -239,28 +238,3 @@ def results_document(
         "meters": [dict(meter) for meter in meters],
         "tests": {nodeid: dict(tests[nodeid]) for nodeid in sorted(tests)},
     }
-
-
-def dump_json(document: Mapping[str, Any]) -> str:
-    """Stable formatting: sorted keys, one value per line, so diffs read well in review."""
-    return json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
-def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
-    """Write to a temporary file beside ``path`` and rename it over: never a half-written file."""
-    target = Path(path)
-    text = dump_json(document)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the old file's mode, else 0644
-            os.fchmod(handle, target.stat().st_mode & 0o777 if target.exists() else 0o644)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target

@@ -293,7 +293,8 @@ def test_saved_files_are_stable_sorted_and_indented(tmp_path):
     assert first.endswith("}\n")
     assert first.index('"t.py::a"') < first.index('"t.py::b"')
     assert '\n  "profile": {' in first
-    assert (tmp_path / ".gitignore").read_text().endswith(".*.lock\n")
+    assert ".*.lock\n" in (tmp_path / ".gitignore").read_text()
+    assert ".pytest-energy-*.tmp\n" in (tmp_path / ".gitignore").read_text()
 
 
 def test_save_refuses_to_overwrite_a_corrupt_file(tmp_path):

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_energy.errors import MeasurementError, MeterError, MeterUnavailable
+from pytest_energy.errors import (
+    ImplausibleReading,
+    MeasurementError,
+    MeterError,
+    MeterUnavailable,
+)
 from pytest_energy.meters.rapl import RaplMeter, energy_delta_microjoules
 
 MAX_RANGE_MICROJOULES = 262_143_328_850
@@ -352,3 +357,108 @@ def test_stop_without_start_and_nested_start_are_misuse(server):
     meter.start()
     with pytest.raises(MeasurementError, match="already open"):
         meter.start()
+
+
+# --- counters that cannot be believed, and long windows (issue 11 point 3, issue 13) --------
+
+
+class FakeClock:
+    """A clock the test moves, so power checks do not depend on how fast the test runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_a_counter_running_backwards_is_refused_not_read_as_a_whole_range(powercap):
+    powercap.add_zone("intel-rapl:0", "package-0", microjoules=500_000_000)
+    clock = FakeClock()
+    meter = RaplMeter(powercap.root, clock=clock)
+    meter.start()
+    (powercap.zone_dirs["intel-rapl:0"] / "energy_uj").write_text("499000000\n")
+    clock.seconds += 1.0
+
+    with pytest.raises(ImplausibleReading, match="went down by more than a wrap can explain"):
+        meter.stop()
+    meter.start()  # the meter stays usable for the next window
+    clock.seconds += 1.0
+    assert meter.stop().joules == 0.0
+
+
+def test_a_zero_max_energy_range_makes_the_meter_unavailable_with_the_path(powercap):
+    powercap.add_zone("intel-rapl:0", "package-0", max_microjoules=0)
+
+    reason = RaplMeter.unavailable_reason(powercap.root)
+
+    assert reason is not None
+    assert "max_energy_range_uj holds '0'" in reason
+    assert "cannot be unwrapped" in reason
+
+
+def test_power_beyond_what_the_zone_can_draw_is_refused(powercap):
+    powercap.add_zone("intel-rapl:0", "package-0")
+    clock = FakeClock()
+    meter = RaplMeter(powercap.root, clock=clock)
+    meter.start()
+    powercap.advance("intel-rapl:0", 5_000.0)  # 5 kJ in one second: 5 kW on one package
+    clock.seconds += 1.0
+
+    with pytest.raises(ImplausibleReading, match=r"jumped .* beyond 1000 W"):
+        meter.stop()
+
+
+def test_the_poller_follows_every_wrap_of_a_long_window(powercap):
+    range_microjoules = 10_000_000  # a 10 J range at a 1 kW bound wraps at most every 10 ms
+    powercap.add_zone("intel-rapl:0", "package-0", max_microjoules=range_microjoules)
+    clock = FakeClock()
+    meter = RaplMeter(powercap.root, clock=clock)
+    assert meter.poll_seconds == pytest.approx(0.01)  # 5 ms, raised to the 10 ms floor
+    meter._ensure_poller = lambda: None  # drive the polls by hand, as the thread would
+
+    meter.start()
+    for _ in range(7):  # 7 × 6 J = 42 J: four whole wraps of the 10 J counter
+        powercap.advance("intel-rapl:0", 6.0)
+        clock.seconds += 0.05
+        meter.poll()
+    reading = meter.stop()
+
+    assert reading.joules_by_domain["cpu:package-0"] == pytest.approx(42.0)
+    assert reading.details["wraps"] == {"cpu:package-0": 4}
+
+
+def test_the_poll_period_derives_from_the_range_and_the_power_bound(powercap):
+    powercap.add_zone("intel-rapl:0", "package-0")  # 262 kJ at 1 kW: 131 s between polls
+    powercap.add_zone("intel-rapl:0:2", "dram")  # 262 kJ at 500 W: 262 s
+
+    meter = RaplMeter(powercap.root)
+
+    assert meter.poll_seconds == pytest.approx(MAX_RANGE_MICROJOULES / 1e6 / 1000 / 2)
+    assert meter.describe()["poll_seconds"] == meter.poll_seconds
+
+
+def test_the_poller_thread_runs_while_the_meter_is_open_and_stops_on_close(powercap):
+    powercap.add_zone("intel-rapl:0", "package-0")
+    meter = RaplMeter(powercap.root)
+    meter.start()
+    powercap.advance("intel-rapl:0", 0.5)
+    poller = meter._poller
+    assert poller is not None and poller.is_alive()
+    assert meter.stop().joules == pytest.approx(0.5)
+
+    meter.close()
+
+    assert not poller.is_alive()
+
+
+def test_a_rapl_root_that_is_a_regular_file_is_explained(tmp_path):
+    root = tmp_path / "powercap"
+    root.write_text("not a directory\n")
+
+    reason = RaplMeter.unavailable_reason(root)
+
+    assert reason == (
+        f"rapl: {root} is a file, not the powercap directory; give --energy-rapl-root a "
+        f"directory such as /sys/class/powercap"
+    )

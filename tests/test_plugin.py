@@ -130,7 +130,7 @@ def test_ini_file_sets_the_default_usage(pytester):
         (["--energy-usage", "lots"], "*--energy-usage: 'lots' is not a number*"),
         (["--energy-tolerance", "five"], "*--energy-tolerance: expected a fraction*"),
         (["--energy-rounds", "0"], "*--energy-rounds: expected a whole number*"),
-        (["--energy-cpu-watts", "-1"], "*--energy-cpu-watts must be a positive number*"),
+        (["--energy-cpu-watts", "-1"], "*--energy-cpu-watts: expected watts per hardware thread*"),
     ],
 )
 def test_bad_command_line_values_are_usage_errors(lifecycle_test, args, message):

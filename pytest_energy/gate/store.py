@@ -44,6 +44,7 @@ from typing import Any
 import filelock
 
 from pytest_energy.errors import BaselineError
+from pytest_energy.files import check_output_path
 from pytest_energy.gate.compare import Provenance, Recorded
 from pytest_energy.gate.profiles import Profile, profile_from_results
 from pytest_energy.gate.sessions import DEFAULT_KEEP_SESSIONS, merge_sessions, session_item
@@ -60,6 +61,7 @@ DEFAULT_DIRECTORY = "baselines"
 LOCK_TIMEOUT_SECONDS = 120.0
 GITIGNORE_TEXT = (
     "# written by pytest-energy: lock files of concurrent --energy-save runs\n.*.lock\n"
+    "# and temporaries of interrupted saves (the next save removes them)\n.pytest-energy-*.tmp\n"
 )
 _FIX_IT = (
     "fix it or delete it (a new baseline is recorded with --energy-save); it was left untouched"
@@ -423,20 +425,17 @@ def refuse_overwriting_inputs(
     outputs: Mapping[str, str | os.PathLike[str] | None],
     inputs: Collection[str | os.PathLike[str]] = (),
 ) -> None:
-    """No output may replace an input or a baseline file (``BaselineError`` naming the flag).
+    """No output may replace an input or a baseline file, or lie under a regular file.
 
     ``outputs``: flag → path (``None``: not asked for). A path that is one of ``inputs`` or an
-    existing pytest-energy baseline file is refused before anything runs or is written.
+    existing pytest-energy baseline file is refused before anything runs or is written
+    (``OutputError`` from :func:`pytest_energy.files.check_output_path`, else ``BaselineError``).
     """
-    protected = {Path(path).resolve() for path in inputs}
     for flag, path in outputs.items():
         if path is None or str(path) == "-":
             continue
+        check_output_path(path, flag, inputs)
         target = Path(path).resolve()
-        if target in protected:
-            raise BaselineError(
-                f"{flag} {path}: is an input of this run; an output never replaces it"
-            )
         if target.is_file() and target.suffix == ".json":
             try:
                 document = read_json(target)

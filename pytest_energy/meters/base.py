@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from pytest_energy.errors import ImplausibleReading
 
 MeterKind = Literal["measured", "estimated", "counted"]
 KINDS: tuple[MeterKind, ...] = ("measured", "estimated", "counted")
@@ -36,10 +39,34 @@ class Reading:
     bytes_moved: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_reading(self)
+
     @property
     def joules(self) -> float:
         """Total energy of the window over all domains, in joules."""
         return float(sum(self.joules_by_domain.values()))
+
+
+def check_reading(reading: Reading) -> None:
+    """Refuse a figure no hardware can produce: negative, infinite or NaN joules or seconds.
+
+    Every Reading passes here when it is made, so no such figure reaches a result, a report or
+    a baseline. A meter that knows its domain's power bound checks plausibility itself (rapl).
+    """
+    figures = {f"joules[{domain!r}]": joules for domain, joules in reading.joules_by_domain.items()}
+    figures["seconds"] = reading.seconds
+    for name, value in figures.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            raise ImplausibleReading(
+                f"{reading.meter}: refused a reading with {name} = {value!r}: energy and time "
+                f"must be finite and ≥ 0 (a broken counter or meter setting); nothing was "
+                f"recorded from this window"
+            )
 
 
 class Meter(abc.ABC):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ReportError
+from pytest_energy.files import atomic_output, check_output_path
 from pytest_energy.report.model import MeterLifecycle, Report, Row, build_report
 from pytest_energy.report.units import format_count, format_mui
 
@@ -291,22 +292,25 @@ def _move_method_legend(full_cycle_axes: Any, pareto_axes: Any) -> None:
         pareto_axes.add_artist(usage_legend)
 
 
-def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``figure`` to ``path`` in the format its extension names."""
-    target = Path(path)
-    file_format = chart_format(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(target, format=file_format, dpi=DPI)
-    except OSError as error:
-        raise ReportError(f"--energy-plot {os.fspath(path)!r}: cannot write ({error})") from None
-    return target
+def save_figure(
+    figure: Any, path: str | os.PathLike[str], inputs: Collection[str | os.PathLike[str]] = ()
+) -> Path:
+    """Write ``figure`` to ``path`` (atomically) in the format its extension names."""
+    file_format = chart_format(path)
+    with atomic_output(path, "--energy-plot", inputs) as temporary:
+        figure.savefig(temporary, format=file_format, dpi=DPI)
+    return Path(path)
 
 
-def write_chart(report: Report, path: str | os.PathLike[str]) -> Path:
-    """Draw ``report`` and write it to ``path`` (.png or .svg)."""
+def write_chart(
+    report: Report,
+    path: str | os.PathLike[str],
+    inputs: Collection[str | os.PathLike[str]] = (),
+) -> Path:
+    """Draw ``report`` and write it to ``path`` (.png or .svg), never over one of ``inputs``."""
     chart_format(path)
-    return save_figure(draw_report(report), path)
+    check_output_path(path, "--energy-plot", inputs)
+    return save_figure(draw_report(report), path, inputs)
 
 
 def plot_results(

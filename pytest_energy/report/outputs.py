@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 
 from pytest_energy.carbon import CarbonIntensity, resolve_intensity
 from pytest_energy.errors import EnergyError, ReportError
+from pytest_energy.files import non_finite_figures, write_text_atomic
 from pytest_energy.machine import machine_info
 from pytest_energy.progress import ProgressLine, progress_line_for
 from pytest_energy.report.model import REFERENCE_AUTO, Report, build_report, parse_reference
@@ -150,6 +151,17 @@ def write_outputs(
     ``comparison`` defaults to the one embedded in the results (``results["comparison"]``,
     written by the gate), so a saved results file renders as the run did.
     """
+    bad = non_finite_figures(results.get("tests", {}), "tests")
+    if bad:
+        outputs = " and ".join(
+            option
+            for option, path in ((MARKDOWN_OPTION, settings.markdown), (PLOT_OPTION, settings.plot))
+            if path is not None
+        )
+        raise ReportError(
+            f"{outputs}: not written: a figure is infinite or not a number "
+            f"({'; '.join(bad[:3])}); check the settings that produced it"
+        )
     if comparison is None:
         comparison = _embedded_comparison(results)
     report = _report_of(results, settings, comparison, baseline)
@@ -163,23 +175,16 @@ def write_outputs(
     return written
 
 
-def write_markdown(report: Report, path: str | os.PathLike[str]) -> Path:
-    """Render ``report`` and write it to ``path``, atomically."""
+def write_markdown(
+    report: Report,
+    path: str | os.PathLike[str],
+    inputs: Collection[str | os.PathLike[str]] = (),
+) -> Path:
+    """Render ``report`` and write it to ``path``, atomically, never over one of ``inputs``."""
     from pytest_energy.report.markdown import render_report
 
-    target = Path(path)
     text = render_report(report)
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise ReportError(
-            f"{MARKDOWN_OPTION} {os.fspath(path)!r}: cannot write ({error})"
-        ) from None
-    return target
+    return write_text_atomic(path, text, MARKDOWN_OPTION, inputs)
 
 
 def _reports_here() -> bool:
