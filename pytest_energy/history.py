@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
+from pytest_energy.gate.sessions import entry_sessions
 
 BASELINE_SCHEMA = "pytest-energy/baseline"
 WORKING_TREE = "working tree"
@@ -97,42 +98,30 @@ def points_from_document(document: Any, source: str) -> Iterator[Point]:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("meters"), Mapping):
             continue
         recorded = entry.get("recorded") if isinstance(entry.get("recorded"), Mapping) else {}
-        run = recorded.get("run") if isinstance(recorded.get("run"), Mapping) else {}
         for meter, view in entry["meters"].items():
             if not isinstance(view, Mapping):
                 continue
             kind = str(view.get("kind", profile.get("kind", "?")))
             common = {"test": str(test), "profile": profile_name, "meter": meter, "kind": kind}
-            sessions = view.get("sessions", entry.get("sessions"))
-            if isinstance(sessions, list) and sessions:
-                for session in sessions:
-                    if not isinstance(session, Mapping):
-                        continue
-                    provenance = session.get("provenance")
-                    provenance = provenance if isinstance(provenance, Mapping) else {}
-                    yield Point(
-                        **common,
-                        time=str(provenance.get("time") or recorded.get("date") or ""),
-                        commit=provenance.get("commit"),
-                        dirty=provenance.get("dirty"),
-                        source=source,
-                        tec_joules=_number(session.get("tec_joules")),
-                        iec_joules_per_sample=_number(session.get("iec_joules_per_sample")),
-                        e_mui_joules=_usage_map(
-                            session.get("e_mui_joules", session.get("full_cycle"))
-                        ),
-                    )
+            try:
+                sessions = entry_sessions(entry, meter)
+            except (KeyError, TypeError, ValueError):
                 continue
-            yield Point(
-                **common,
-                time=str(run.get("time") or recorded.get("date") or ""),
-                commit=run.get("commit") or recorded.get("commit"),
-                dirty=run.get("dirty"),
-                source=source,
-                tec_joules=_number(view.get("tec_joules")),
-                iec_joules_per_sample=_number(view.get("iec_joules_per_sample")),
-                e_mui_joules=_usage_map(view.get("full_cycle")),
-            )
+            for session in sessions:
+                if not isinstance(session, Mapping):
+                    continue
+                provenance = session.get("provenance")
+                provenance = provenance if isinstance(provenance, Mapping) else {}
+                yield Point(
+                    **common,
+                    time=str(provenance.get("time") or recorded.get("date") or ""),
+                    commit=provenance.get("commit"),
+                    dirty=provenance.get("dirty"),
+                    source=source,
+                    tec_joules=_number(session.get("tec_joules")),
+                    iec_joules_per_sample=_number(session.get("iec_joules_per_sample")),
+                    e_mui_joules=_usage_map(session.get("e_mui_joules")),
+                )
 
 
 def merge(points: Iterable[Point]) -> dict[tuple[str, str], list[Point]]:

@@ -46,9 +46,7 @@ def entry(tec: float, iec: float, n: int, sessions: list | None = None) -> dict[
         "iec_joules_per_sample": iec,
         "full_cycle": [{"usage": 1e3, "joules": tec + 1e3 * iec, "greenness": None}],
     }
-    if sessions is not None:
-        view["sessions"] = sessions
-    return {
+    record: dict[str, Any] = {
         "usage": [1e3],
         "meters": {"cputime": view},
         "recorded": {
@@ -57,6 +55,9 @@ def entry(tec: float, iec: float, n: int, sessions: list | None = None) -> dict[
             "run": provenance(n),
         },
     }
+    if sessions is not None:
+        record["sessions"] = sessions  # the gate keeps them per entry (one meter per profile)
+    return record
 
 
 def baseline(tests: dict[str, Any]) -> dict[str, Any]:
