@@ -246,6 +246,7 @@ class EnergyFixture:
         record = lifecycle_result(
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
+        record.setdefault("warnings", []).extend(self._uncounted_warnings())
         for meter, view in record["meters"].items():
             if self.train_repeats:
                 view["train_repeats"] = {
@@ -255,6 +256,24 @@ class EnergyFixture:
                     ]
                 }
         return record
+
+    def _uncounted_warnings(self) -> list[str]:
+        """One line per window in which a counted reading met operators it has no formula for."""
+        from pytest_energy.meters.counted import uncounted_warning
+
+        windows = [(f"train phase {p.name!r}", p.readings) for p in self.phases]
+        if self.inference_record is not None:
+            windows += [
+                ("inference", {name: readings[0]})
+                for name, readings in self.inference_record.rounds.items()
+                if readings
+            ]
+        lines = []
+        for where, readings in windows:
+            for reading in readings.values():
+                if reading.kind == "counted" and (warning := uncounted_warning(reading)):
+                    lines.append(f"{reading.meter} {where}: {warning}")
+        return lines
 
     @property
     def measured_anything(self) -> bool:
