@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
+from pytest_energy.calibrate import add_calibrate_command
 from pytest_energy.compare_command import add_compare_command
 from pytest_energy.errors import EnergyError
 from pytest_energy.meters import MeterOptions, probe_meters
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=command_report)
     add_compare_command(commands)
+    add_calibrate_command(commands)
     return parser
 
 

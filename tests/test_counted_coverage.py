@@ -298,3 +298,30 @@ def test_the_summary_warns_which_operators_were_not_counted(pytester):
             "1 call of aten.*eigh*",
         ]
     )
+
+
+# --- breakdown ----------------------------------------------------------------------------------
+
+
+def test_breakdown_by_operator_and_by_module_adds_up_to_the_reading():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = count(lambda: model(images))
+        broken_down = count(lambda: model(images), breakdown=True)
+    assert "by_operator" not in plain.details and "by_module" not in plain.details
+    assert dataclasses.replace(broken_down, seconds=0, details={}) == dataclasses.replace(
+        plain, seconds=0, details={}
+    )
+    by_operator = broken_down.details["by_operator"]
+    assert by_operator["aten.convolution"]["calls"] == 1
+    assert by_operator["aten.convolution"]["flops"] == 2 * 2 * 8 * 3 * 3 * 3 * 6 * 6
+    assert set(by_operator["aten.addmm"]) == {"calls", "flops", "bytes", "joules"}
+    by_module = broken_down.details["by_module"]
+    assert by_module["Sequential.0"]["flops"] == by_operator["aten.convolution"]["flops"]
+    assert by_module["Sequential.3"]["flops"] == by_operator["aten.addmm"]["flops"]
+    for rows in (by_operator, by_module):
+        assert sum(row["flops"] for row in rows.values()) == broken_down.flops
+        assert sum(row["bytes"] for row in rows.values()) == broken_down.bytes_moved
+        assert sum(row["joules"] for row in rows.values()) == pytest.approx(broken_down.joules)
