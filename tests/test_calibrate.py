@@ -128,3 +128,23 @@ def test_a_bad_calibrated_table_is_named_with_its_key(tmp_path, content, complai
     with pytest.raises(ConfigError, match=complaint) as raised:
         load_energy_table(table)
     assert str(table) in str(raised.value)
+
+
+def test_a_calibrated_table_labels_the_counted_meter_in_the_summary(pytester):
+    pytester.makepyfile(
+        test_small="""
+import torch
+
+def test_small(energy):
+    x = torch.randn(8, 8)
+    energy.inference(lambda: x @ x, rounds=1, warmup=1)
+"""
+    )
+    pytester.path.joinpath("table.json").write_text(
+        '{"fp32_mult_pj": 50.0, "calibration": {"hardware": "Test CPU", "date": "2026-01-02"}}'
+    )
+    result = pytester.runpytest(
+        "--energy", "--energy-meter", "counted", "--energy-counted-table", "table.json"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["meter counted: counted — calibrated to Test CPU, 2026-01-02*"])

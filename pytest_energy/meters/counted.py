@@ -1048,6 +1048,18 @@ class CountedMeter(Meter):
         self._dram_picojoules_per_byte = memory_picojoules_per_byte(self.energy_table)
         self._sram_picojoules_per_byte = sram_picojoules_per_byte(self.energy_table)
         self._capacity_bytes = self.energy_table["sram_capacity_bytes"]
+        static: dict[str, Any] = {
+            "mac_picojoules": dict(self._mac_picojoules),
+            "energy_table_picojoules": dict(self.energy_table),
+            "energy_table_source": self.energy_table_source,
+            "memory_model": MEMORY_MODEL,
+            "label": self.label,
+        }
+        if self.calibration is not None:
+            static["calibration"] = dict(self.calibration)
+        self._static_details = static
+        """Details every reading shares (one set of dicts, not copied per window: readings are
+        picklable for distributed runs; treat them as read-only)."""
         self._mode: Any = None
         self._tracker: Any = None
         self._innermost_mode: Callable[[], Any] = lambda: None
@@ -1191,7 +1203,6 @@ class CountedMeter(Meter):
         )
         details: dict[str, Any] = {
             "macs_by_precision": macs_by_precision,
-            "mac_picojoules": dict(self._mac_picojoules),
             "flops_by_operator": dict(sorted(flops_by_operator.items())),
             "bytes_moved_by_dtype": {
                 str(dtype).removeprefix("torch."): size for dtype, size in bytes_by_dtype.items()
@@ -1199,13 +1210,8 @@ class CountedMeter(Meter):
             "bytes_moved_by_level": {"sram": sram_total, "dram": dram_total},
             "operator_calls": calls_total,
             "uncounted_operators": dict(sorted(uncounted.items())),
-            "energy_table_picojoules": dict(self.energy_table),
-            "energy_table_source": self.energy_table_source,
-            "memory_model": MEMORY_MODEL,
-            "label": self.label,
+            **self._static_details,
         }
-        if self.calibration is not None:
-            details["calibration"] = dict(self.calibration)
         if self.breakdown:
             details["by_operator"] = dict(
                 sorted(by_operator.items(), key=lambda item: -item[1]["joules"])
@@ -1239,6 +1245,7 @@ class CountedMeter(Meter):
             "label": self.label,
             "energy_table_picojoules": dict(self.energy_table),
             "energy_table_source": self.energy_table_source,
+            "source": self.energy_table_source,
             "compute": "MACs (FLOPs / 2) from torch.utils.flop_counter's formulas and this "
             "meter's (attention, multi-head attention, fused encoder layer, recurrent layers, "
             "int8 eager and oneDNN kernels, q/dq GEMMs at int8) × (mult + add) pJ at the "
