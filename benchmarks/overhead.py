@@ -7,7 +7,11 @@ side, and printed with the targets:
   together; codecarbon's ``OfflineEmissionsTracker`` first start in a process, a later
   start + stop, and a ``start_task`` / ``stop_task`` window;
 * the slowdown of a fixed torch workload (a small CNN's training steps, one window per step)
-  measured with each meter against not measured.
+  measured with each meter against not measured;
+* through the ``energy`` fixture, as users open windows: ``with energy.train(...)`` for each
+  meter set, counted's slowdown of training steps in one ``energy.train`` window (with the
+  counts of every run compared), and the cputime TEC of those steps with and without counted
+  beside it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,42 @@ from collections.abc import Callable, Sequence
 import torch
 from tabulate import tabulate
 
-from pytest_energy.meters import MeterOptions, meter_class, probe_meters
+from pytest_energy.config import LifecycleSettings
+from pytest_energy.fixture import EnergyFixture
+from pytest_energy.meters import MeterOptions, MeterSelection, meter_class, probe_meters
 from pytest_energy.meters.base import Meter
+from pytest_energy.session import EnergySession
 
 WINDOW_TARGET_MICROSECONDS = 20.0
 CODECARBON_FACTOR_TARGET = 25.0
 SLOWDOWN_TARGET_PERCENT = 1.0
+COUNTED_SLOWDOWN_TARGET_PERCENT = 10.0
+
+
+def energy_fixture(meters: Sequence[Meter]) -> EnergyFixture:
+    """An ``energy`` fixture with ``meters``, built as the plugin builds it for a test."""
+    session = EnergySession(
+        enabled=True,
+        selection=MeterSelection(meters=list(meters)),
+        defaults=LifecycleSettings(),
+        rounds=1,
+        warmup_calls=1,
+    )
+    return EnergyFixture(session, LifecycleSettings(), "benchmarks/overhead.py::window")
+
+
+def fixture_window_microseconds(meters: Sequence[Meter], pairs: int, repeats: int = 7) -> float:
+    """Median over batches of one empty ``with energy.train(...)`` window's cost, in µs."""
+    batches = []
+    for _ in range(repeats):
+        energy = energy_fixture(meters)
+        names = [f"phase-{index}" for index in range(pairs)]
+        started = time.perf_counter_ns()
+        for name in names:
+            with energy.train(name):
+                pass
+        batches.append((time.perf_counter_ns() - started) / pairs / 1e3)
+    return statistics.median(batches)
 
 
 def window_microseconds(meters: Sequence[Meter], pairs: int, repeats: int = 7) -> float:
@@ -123,7 +157,32 @@ def make_workload(steps: int) -> Callable[[Sequence[Meter]], float]:
 
     for _ in range(5):
         step()
+    run.step = step  # type: ignore[attr-defined]
     return run
+
+
+def fixture_training(
+    step: Callable[[], None], steps: int, meters: Sequence[Meter], repeats: int
+) -> tuple[float, list[dict[str, float]], list[float]]:
+    """CPU seconds of ``steps`` training steps in one ``energy.train`` window, per repeat.
+
+    Returns the fastest run's CPU seconds, each run's joules per meter and each run's counted
+    FLOPs (empty without counted), so a caller can check that every run counted the same.
+    """
+    seconds, joules, flops = [], [], []
+    for repeat in range(repeats):
+        energy = energy_fixture(meters)
+        gc.collect()
+        started = time.process_time()
+        with energy.train(f"train-{repeat}"):
+            for _ in range(steps):
+                step()
+        seconds.append(time.process_time() - started)
+        readings = energy.phases[-1].readings
+        joules.append({name: reading.joules for name, reading in readings.items()})
+        if "counted" in readings:
+            flops.append(readings["counted"].flops)
+    return min(seconds), joules, flops
 
 
 def slowdown_percent(
@@ -204,6 +263,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, seconds in codecarbon.items():
         rows.append([f"codecarbon {name}", f"{seconds * 1e6:.0f}", "", "", "", ""])
 
+    fixture_rows = []
+    for label, setup in setups.items():
+        if not setup:
+            continue
+        pairs = max(1, args.pairs // 4)
+        window = fixture_window_microseconds(setup, pairs)
+        checks = []
+        if label in ("cputime", "cputime + counted"):
+            checks.append(
+                "window ok" if window <= WINDOW_TARGET_MICROSECONDS else "WINDOW OVER 20 µs"
+            )
+            factor = task_microseconds / window
+            checks.append(
+                "vs codecarbon ok" if factor >= CODECARBON_FACTOR_TARGET else "UNDER 25× CODECARBON"
+            )
+        fixture_rows.append(
+            [label, f"{window:.2f}", f"{task_microseconds / window:.0f}×", ", ".join(checks)]
+        )
+
+    training_rows = []
+    step = run.step  # type: ignore[attr-defined]
+    bare_seconds = []
+    counted_seconds = []
+    counted_flops: list[float] = []
+    for repeat in range(args.repeats):  # ABBA: bare and counted alternate
+        order = ([], [meters["counted"]]) if repeat % 2 == 0 else ([meters["counted"]], [])
+        for setup in order:
+            seconds, _, flops = fixture_training(step, args.steps, setup, 1)
+            (counted_seconds if setup else bare_seconds).append(seconds)
+            counted_flops.extend(flops)
+    counted_slowdown = 100.0 * (min(counted_seconds) / min(bare_seconds) - 1.0)
+    identical = len(set(counted_flops)) == 1
+    training_rows.append(
+        [
+            "counted alone, one energy.train window",
+            f"{counted_slowdown:+.1f} %",
+            "ok" if counted_slowdown <= COUNTED_SLOWDOWN_TARGET_PERCENT else "OVER 10 %",
+            f"counts identical in {len(counted_flops)} runs"
+            if identical
+            else f"COUNTS DIFFER: {sorted(set(counted_flops))}",
+        ]
+    )
+    if "cputime" in meters and "counted" in meters:
+        alone_joules, beside_joules = [], []
+        for repeat in range(args.repeats):
+            pair = (
+                ([meters["cputime"]], [meters["cputime"], meters["counted"]])
+                if repeat % 2 == 0
+                else ([meters["cputime"], meters["counted"]], [meters["cputime"]])
+            )
+            for setup in pair:
+                _, joules, _ = fixture_training(step, args.steps, setup, 1)
+                (beside_joules if len(setup) == 2 else alone_joules).append(joules[0]["cputime"])
+        alone = statistics.median(alone_joules)
+        beside = statistics.median(beside_joules)
+        spread = 100.0 * (max(alone_joules) - min(alone_joules)) / alone
+        training_rows.append(
+            [
+                "cputime TEC: alone vs beside counted (median J)",
+                f"{alone:.4f} vs {beside:.4f} ({100 * (beside / alone - 1):+.1f} %)",
+                "within noise" if abs(100 * (beside / alone - 1)) <= spread else "ABOVE NOISE",
+                f"alone's own spread (max − min) over {args.repeats} runs: {spread:.1f} %",
+            ]
+        )
+
     not_here = [probe.reason_unavailable for probe in probe_meters(options) if not probe.available]
     print(
         f"Overhead of measuring, one run ({args.steps} CNN training steps per workload run, "
@@ -229,9 +353,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("window; slowdown < 1 % for cputime / rapl / nvml, judged on the window's share of a")
     print("step (both measured above): the direct slowdown of whole runs is printed beside it,")
     print("but on a shared machine it moves by several % between identical runs (noise floor).")
-    print("counted's slowdown is reported: its dispatch mode sees every operator.")
+    print("counted's slowdown of a training step: ≤ 10 % with identical counts (table below).")
     for reason in not_here:
         print(f"not measured here: {reason}")
+    print("\nThrough the energy fixture, as users open windows:\n")
+    print(
+        tabulate(
+            fixture_rows,
+            headers=[
+                "with energy.train(...)",
+                "µs per window",
+                "codecarbon task window / this",
+                "target",
+            ],
+            disable_numparse=True,
+        )
+    )
+    print(f"\n{args.steps} training steps in one energy.train window, {args.repeats} repeats:\n")
+    print(
+        tabulate(
+            training_rows,
+            headers=["measurement", "figure", "target", "note"],
+            disable_numparse=True,
+        )
+    )
     return 0
 
 

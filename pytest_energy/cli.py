@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
+from pytest_energy.calibrate import add_calibrate_command
 from pytest_energy.errors import EnergyError
 from pytest_energy.export import add_export_command
 from pytest_energy.gate.cli import add_compare_command
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(commands)
     add_export_command(commands)
     add_history_command(commands)
+    add_calibrate_command(commands)
     return parser
 
 

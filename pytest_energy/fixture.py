@@ -309,7 +309,11 @@ class EnergyFixture:
         )
         if self.accuracy_interval is not None:
             record["accuracy_interval"] = dict(self.accuracy_interval)
-        record["warnings"] = [*record["warnings"], *zero_inference_warnings(record)]
+        record["warnings"] = [
+            *record["warnings"],
+            *zero_inference_warnings(record),
+            *self._uncounted_warnings(),
+        ]
         for meter, view in record["meters"].items():
             if meter in self._not_measured:
                 view["inference_not_measured"] = self._not_measured[meter]
@@ -321,6 +325,24 @@ class EnergyFixture:
                     ]
                 }
         return record
+
+    def _uncounted_warnings(self) -> list[str]:
+        """One line per window in which a counted reading met operators it has no formula for."""
+        from pytest_energy.meters.counted import uncounted_warning
+
+        windows = [(f"train phase {p.name!r}", p.readings) for p in self.phases]
+        if self.inference_record is not None:
+            windows += [
+                ("inference", {name: readings[0]})
+                for name, readings in self.inference_record.rounds.items()
+                if readings
+            ]
+        lines = []
+        for where, readings in windows:
+            for reading in readings.values():
+                if reading.kind == "counted" and (warning := uncounted_warning(reading)):
+                    lines.append(f"{reading.meter} {where}: {warning}")
+        return lines
 
     @property
     def measured_anything(self) -> bool:

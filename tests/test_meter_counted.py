@@ -27,6 +27,7 @@ PICO = 1e-12
 FP32_MAC_PICOJOULES = 3.7 + 0.9
 INT8_MAC_PICOJOULES = 0.2 + 0.1  # int8 multiply, int32 accumulate
 DRAM_PICOJOULES_PER_BYTE = 640 / 4
+SRAM_PICOJOULES_PER_BYTE = 100 / 8
 FP32_BYTES = 4
 
 quantization_warnings = pytest.mark.filterwarnings(
@@ -122,8 +123,10 @@ def test_linear_layer_flops_bytes_and_joules_follow_the_rules():
     elements += batch * features_out
     assert reading.bytes_moved == elements * FP32_BYTES
     assert reading.joules_by_domain["compute"] == pytest.approx(macs * FP32_MAC_PICOJOULES * PICO)
+    # every operand fits the 1 MiB on-chip capacity: all at SRAM energy
+    assert reading.details["bytes_moved_by_level"] == {"sram": elements * FP32_BYTES, "dram": 0}
     assert reading.joules_by_domain["memory"] == pytest.approx(
-        elements * FP32_BYTES * DRAM_PICOJOULES_PER_BYTE * PICO
+        elements * FP32_BYTES * SRAM_PICOJOULES_PER_BYTE * PICO
     )
     assert reading.details["macs_by_precision"] == {"fp32": macs}
     assert reading.details["flops_by_operator"] == {"aten.addmm": 2 * macs}

@@ -8,32 +8,43 @@ thread; its device threads take the caller's thread-local state, dispatch modes 
 charges:
 
 - **compute**: multiply-accumulates (MACs) × energy of one MAC at the operands' precision.
-  MACs are half of the FLOPs that ``torch.utils.flop_counter`` counts (its formulas count 2
-  FLOPs per MAC), so ``Reading.flops`` equals what ``FlopCounterMode`` reports, and
-  ``flops / 2`` is what torchvision publishes as "GFLOPS" (multiply-accumulates).
-  Operators flop_counter has no formula for (element-wise ops, norms, pooling) are charged for
-  their memory traffic only. Eager int8 operators (``quantized::conv2d``, ``conv2d_relu``,
-  ``linear``, ``linear_relu``, ``linear_dynamic`` and the rest of the conv/linear families) do
-  reach the dispatch mode, with their weight inside a packed-params script object; their MACs
-  are counted from the unpacked weight's shape and the input/output shapes, at int8.
-- **memory**: bytes moved × DRAM energy per bit. An operator moves the bytes of its tensor
-  inputs and outputs (numel × element size, quantized dtypes at their storage size, packed
-  quantized weights and biases included); an in-place operator reads and writes its target.
-  Operators that only make a new view of existing data (their schema says the result aliases an
-  input: view, reshape-as-view, transpose, expand, detach, slice, ...) and allocations that
-  write nothing (``empty*``) move no bytes; copies (``_to_copy``, ``clone``, ``contiguous``) do.
-  Every byte is charged at DRAM cost: no cache is modelled, so the figure is an upper bound
-  that does not depend on the machine.
+  MACs are half of the FLOPs counted (2 FLOPs per MAC, as ``torch.utils.flop_counter``), so
+  ``Reading.flops / 2`` is what torchvision publishes as "GFLOPS". Formulas: every operator
+  ``torch.utils.flop_counter`` knows (mm, addmm, bmm, convolutions, the CUDA attention kernels,
+  ``_scaled_mm``) and, added here, the CPU flash-attention kernel and its backward,
+  ``_native_multi_head_attention``, the fused ``_transformer_encoder_layer_fwd``, recurrent
+  layers (``mkldnn_rnn_layer``, ``_cudnn_rnn``, ``miopen_rnn`` and their backwards; cells and
+  GRU/RNN decompose to mm/addmm), ``mv``/``addmv``/``dot``/``addbmm``/``_addmm_activation``/
+  ``_int_mm``/``_cdist_forward``, eager int8 operators (``quantized::conv2d``, ``linear`` ...
+  with packed weights) and oneDNN's PT2E kernels (``onednn::qconv_pointwise``,
+  ``qconv2d_pointwise``, ``qlinear_pointwise``, ``linear_dynamic_fp16``). A GEMM or conv
+  whose operands both come straight from a ``dequantize`` (PT2E's reference q/dq form, which a
+  backend lowers to an int8 kernel) is charged at the quantized precision.
+  Element-wise operators, norms, pooling, reductions, copies and indexing are charged for their
+  memory traffic only (they are *memory-only*). Any other operator with tensor inputs has no
+  formula here: it is named in ``details["uncounted_operators"]`` and in a warning, never a
+  quiet 0.
+- **memory**: a two-level model (after Horowitz, ISSCC 2014, and Yang et al., "Designing
+  Energy-Efficient Convolutional Neural Networks using Energy-Aware Pruning", CVPR 2017): an
+  operator moves the bytes of its tensor inputs and outputs; smallest first, its operands are
+  on chip (SRAM energy) while their total fits ``sram_capacity_bytes``, and the rest move to and
+  from DRAM. Views and empty allocations move nothing; in-place operators read and write
+  their target.
 
-Energy per operation comes from Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm);
-the DRAM figure is the 640 pJ per 32-bit access that Han et al. (2015) take from it. A MAC
-costs one multiply plus one add at its precision; int8 MACs accumulate in int32, so they cost
-``int8_mult_pj + int32_add_pj``. float64 and complex operands are charged as fp32, bfloat16 and
-8-bit floats as fp16, 16/32/64-bit integers as int32 (the table has no closer row).
+Energy per operation comes from Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm):
+MAC rows per precision, 100 pJ per 64-bit access of a 1 MB SRAM, and the 640 pJ per 32-bit
+DRAM access Han et al. (2015) take from it. A MAC costs one multiply plus one add at its
+precision; int8 MACs accumulate in int32 (``int8_mult_pj + int32_add_pj``). float64 and complex
+operands are charged as fp32, bfloat16 and 8-bit floats as fp16, 16/32/64-bit integers as int32
+(the table has no closer row). ``pytest-energy calibrate`` fits the table to a real meter.
 
-Not counted: work that bypasses the torch dispatcher (compiled graphs, direct C++ kernels),
-higher-order operators (run, not counted), and operators run on threads other than the window's
-own (except autograd's).
+``torch.compile``d code is counted: while a dispatch mode is active, compiled functions run
+their original eager code, so counted sees and counts every operator (the timed meters beside
+it in a shared window then time that eager run, too).
+
+Not counted: work that bypasses the torch dispatcher (direct C++ kernels), higher-order
+operators (run, not counted), and operators run on threads other than the window's own
+(except autograd's).
 """
 
 from __future__ import annotations
@@ -62,10 +73,27 @@ DEFAULT_ENERGY_TABLE_PICOJOULES: Mapping[str, float] = {
     "int8_add_pj": 0.03,
     "int32_mult_pj": 3.1,
     "int32_add_pj": 0.1,
+    "sram_pj_per_64_bits": 100.0,
     "dram_pj_per_32_bits": 640.0,
+    "sram_capacity_bytes": 1024.0 * 1024.0,
+    "operator_call_pj": 0.0,
 }
-"""Picojoules per operation. ``fp16_*`` also prices bfloat16; ``int8_add_pj`` is not used by
-the MAC model (int8 MACs accumulate in int32) but may be overridden like any other key."""
+"""Picojoules per operation (and the on-chip capacity in bytes). ``fp16_*`` also prices
+bfloat16 and 8-bit floats; ``int8_add_pj`` is not used by the MAC model (int8 MACs accumulate
+in int32) but may be overridden like any other key. ``sram_capacity_bytes`` is the on-chip
+memory an operator's operands must fit to be charged at ``sram_pj_per_64_bits``.
+``operator_call_pj`` is a fixed cost per operator call (dispatch, kernel launch): 0 in the
+published model, fitted by ``pytest-energy calibrate`` where the hardware's data need it."""
+
+CALIBRATION_KEY = "calibration"
+"""Reserved table key: where a fitted table came from (``hardware``, ``date``, ``meter``...)."""
+
+MEMORY_MODEL = (
+    "two-level: per operator, its tensor operands (inputs and outputs), smallest first, are on "
+    "chip at SRAM energy while their total fits sram_capacity_bytes; the rest move to and from "
+    "DRAM (Horowitz ISSCC 2014 energies; Yang et al. CVPR 2017 hierarchy). Views and empty "
+    "allocations move nothing."
+)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int32")
 """The precisions a MAC is charged at (rows of the energy table)."""
@@ -107,6 +135,8 @@ _PRECISION_BY_DTYPE_NAME: Mapping[str, str] = {
 
 _PICOJOULES_PER_JOULE = 1e12
 _BITS_PER_BYTE = 8
+_QUANTIZED_MARK = "_pytest_energy_quantized_precision"
+"""Attribute a counting window sets on a ``dequantize`` output: the precision it came from."""
 
 
 def validate_energy_table(
@@ -115,7 +145,8 @@ def validate_energy_table(
     """The default table with ``overrides`` applied, each key and value checked.
 
     Raises ``ConfigError`` naming ``source`` and the key for an unknown key or a value that is
-    not a finite number ≥ 0 (in picojoules).
+    not a finite number ≥ 0 (picojoules; bytes for ``sram_capacity_bytes``). The reserved key
+    ``calibration`` (where a fitted table came from) is checked and left out of the result.
     """
     table = dict(DEFAULT_ENERGY_TABLE_PICOJOULES)
     if overrides is None:
@@ -126,27 +157,46 @@ def validate_energy_table(
             f"picojoules, got {type(overrides).__name__}"
         )
     for key, value in overrides.items():
+        if key == CALIBRATION_KEY:
+            calibration_label(value, source)
+            continue
         if key not in DEFAULT_ENERGY_TABLE_PICOJOULES:
             raise ConfigError(
                 f"counted meter {source}: unknown key {key!r}; known keys: "
-                f"{', '.join(DEFAULT_ENERGY_TABLE_PICOJOULES)}"
+                f"{', '.join(DEFAULT_ENERGY_TABLE_PICOJOULES)}, {CALIBRATION_KEY}"
             )
+        unit = "bytes" if key == "sram_capacity_bytes" else "picojoules"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(
-                f"counted meter {source}: {key} must be a number of picojoules, got {value!r}"
+                f"counted meter {source}: {key} must be a number of {unit}, got {value!r}"
             )
         if not math.isfinite(value) or value < 0:
             raise ConfigError(
-                f"counted meter {source}: {key} must be finite and ≥ 0 picojoules, got {value!r}"
+                f"counted meter {source}: {key} must be finite and ≥ 0 {unit}, got {value!r}"
             )
         table[key] = float(value)
     return table
 
 
-def load_energy_table(path: str | os.PathLike[str]) -> dict[str, float]:
+def calibration_label(calibration: Any, source: str = "energy table") -> str:
+    """``calibrated to <hardware>, <date>`` for a table's ``calibration`` entry, checked."""
+    if not isinstance(calibration, Mapping) or not all(
+        isinstance(calibration.get(field), str) and calibration.get(field)
+        for field in ("hardware", "date")
+    ):
+        raise ConfigError(
+            f"counted meter {source}: {CALIBRATION_KEY} must be an object with non-empty "
+            f"'hardware' and 'date' strings (as `pytest-energy calibrate` writes it), got "
+            f"{calibration!r}"
+        )
+    return f"calibrated to {calibration['hardware']}, {calibration['date']}"
+
+
+def load_energy_table(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read energy-table overrides (a JSON object of key → picojoules) from ``path``.
 
-    Returns the overrides only, validated, ready for ``CountedMeter(energy_table=...)``.
+    Returns the overrides only, validated, ready for ``CountedMeter(energy_table=...)``
+    (a ``calibration`` entry, when present, is kept for the meter's label).
     Raises ``ConfigError`` naming the file when it cannot be read, is not JSON, is not an
     object, or holds an unknown key or a bad value.
     """
@@ -166,7 +216,10 @@ def load_energy_table(path: str | os.PathLike[str]) -> dict[str, float]:
             f'{{"fp32_mult_pj": 3.7}}, got a JSON {type(loaded).__name__}'
         )
     validate_energy_table(loaded, source)
-    return {key: float(value) for key, value in loaded.items()}
+    return {
+        key: (dict(value) if key == CALIBRATION_KEY else float(value))
+        for key, value in loaded.items()
+    }
 
 
 def mac_picojoules(table: Mapping[str, float], precision: str) -> float:
@@ -180,34 +233,483 @@ def memory_picojoules_per_byte(table: Mapping[str, float]) -> float:
     return table["dram_pj_per_32_bits"] * _BITS_PER_BYTE / 32
 
 
-class _Tally:
-    """What one window counted: MACs per precision, FLOPs per operator, bytes per dtype."""
+def sram_picojoules_per_byte(table: Mapping[str, float]) -> float:
+    """Energy of moving one byte to or from on-chip SRAM, in pJ."""
+    return table["sram_pj_per_64_bits"] * _BITS_PER_BYTE / 64
 
-    __slots__ = ("bytes_by_dtype", "flops_by_operator", "macs_by_precision", "operator_calls")
+
+def split_by_level(operand_bytes: tuple[int, ...], capacity_bytes: float) -> tuple[int, int]:
+    """(SRAM bytes, DRAM bytes) of one operator's operands, sorted ascending by size.
+
+    Smallest first, operands stay on chip while their running total fits ``capacity_bytes``;
+    every later (larger) operand moves to and from DRAM.
+    """
+    on_chip = 0
+    for index, size in enumerate(operand_bytes):
+        if on_chip + size > capacity_bytes:
+            return on_chip, sum(operand_bytes[index:])
+        on_chip += size
+    return on_chip, 0
+
+
+def uncounted_warning(reading: Reading) -> str | None:
+    """``compute not counted: 12 calls of aten.xxx, ...`` for a counted reading that has
+    operators without a formula; ``None`` when everything was counted."""
+    uncounted = reading.details.get("uncounted_operators") if reading.details else None
+    if not uncounted:
+        return None
+    listed = ", ".join(
+        f"{calls} call{'s' if calls != 1 else ''} of {name}"
+        for name, calls in sorted(uncounted.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return (
+        f"compute not counted: {listed} (no MAC formula; their bytes are counted, their "
+        f"arithmetic is not)"
+    )
+
+
+class _Entry:
+    """What one operator call with given shapes and dtypes counts; cached and shared."""
+
+    __slots__ = ("bytes_by_dtype", "flops", "name", "operand_bytes", "precision", "uncounted")
+
+    def __init__(
+        self,
+        name: str,
+        precision: str,
+        flops: int,
+        operand_bytes: tuple[int, ...],
+        bytes_by_dtype: tuple[tuple[Any, int], ...],
+        uncounted: bool,
+    ) -> None:
+        self.name = name
+        self.precision = precision
+        self.flops = flops
+        self.operand_bytes = operand_bytes
+        self.bytes_by_dtype = bytes_by_dtype
+        self.uncounted = uncounted
+
+
+class _Tally:
+    """What one window counted: calls per (entry[, module]) plus calls that moved nothing."""
+
+    __slots__ = ("calls", "passthrough_calls")
 
     def __init__(self) -> None:
-        self.macs_by_precision: dict[str, int] = {}
-        self.flops_by_operator: dict[str, int] = {}
-        self.bytes_by_dtype: dict[Any, int] = {}
-        self.operator_calls = 0
+        self.calls: dict[Any, int] = {}
+        self.passthrough_calls = 0
+
+
+_CACHE_LIMIT = 200_000
+"""Distinct (operator, shapes, dtypes) entries kept across windows before the cache restarts."""
+
+_MEMORY_ONLY_WORDS = (
+    "norm",
+    "pool",
+    "softmax",
+    "dropout",
+    "loss",
+    "embedding",
+    "index",
+    "gather",
+    "scatter",
+    "cat",
+    "stack",
+    "split",
+    "chunk",
+    "pad",
+    "copy",
+    "clone",
+    "fill",
+    "zero",
+    "ones",
+    "full",
+    "empty",
+    "arange",
+    "rand",
+    "bernoulli",
+    "normal",
+    "uniform",
+    "where",
+    "masked",
+    "select",
+    "slice",
+    "sort",
+    "topk",
+    "_foreach_",
+    "threshold",
+    "upsample",
+    "grid_sampler",
+    "roll",
+    "flip",
+    "repeat",
+    "tile",
+    "expand",
+    "permute",
+    "lift",
+    "alias",
+    "scalar",
+    "item",
+    "_to_",
+    "to_copy",
+    "set_",
+    "resize",
+    "as_strided",
+    "nonzero",
+    "unique",
+    "one_hot",
+    "argmax",
+    "argmin",
+    "max",
+    "min",
+    "cumsum",
+    "cumprod",
+    "sum",
+    "mean",
+    "var",
+    "std",
+    "any",
+    "all",
+    "sign",
+    "clamp",
+    "clip",
+    "quantize",
+    "int_repr",
+    "q_scale",
+    "q_zero_point",
+    "q_per_channel",
+    "equal",
+    "is_",
+    "isin",
+    "bucketize",
+    "searchsorted",
+    "histc",
+    "bincount",
+    "assert",
+    "linspace",
+    "logspace",
+    "tril",
+    "triu",
+    "diag",
+    "eye",
+    "detach",
+    "unfold",
+    "im2col",
+    "col2im",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "transpose",
+    "contiguous",
+    "view",
+    "reshape",
+    "squeeze",
+    "flatten",
+    "narrow",
+    "prod",
+    "amax",
+    "amin",
+    "aminmax",
+    "logsumexp",
+    "count_nonzero",
+    "mode",
+    "median",
+    "kthvalue",
+    "nan",
+    "fused_moving_avg",
+    "_local_scalar_dense",
+    "sym_",
+    "_make_",
+    "_unsafe",
+    "_fused_dropout",
+    "_masked",
+    "_reshape",
+    "_pack",
+    "_pad",
+    "_cudnn_init_dropout_state",
+    "_has_compatible",
+    "relu",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "silu",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "mish",
+    "softplus",
+    "shrink",
+    "prelu",
+    "glu",
+    "logit",
+    "_thnn_fused",
+    "_fused_sgd",
+    "_fused_adam",
+    "_fused_adagrad",
+    "record_stream",
+    "_chunk",
+    "new_",
+    "_conj",
+    "_neg_view",
+    "_efficientzerotensor",
+    "_weight_norm_interface",
+)
+"""Words of operator names that move data (or do O(1) arithmetic per element) but do no
+multiply-accumulates worth a formula: charged for their bytes only, never listed as uncounted."""
+
+
+def _is_memory_only(func: Any) -> bool:
+    """Whether ``func`` is element-wise, a reduction, a copy or data movement (bytes only)."""
+    import torch
+
+    tags = func.tags
+    if torch.Tag.pointwise in tags or torch.Tag.reduction in tags or torch.Tag.view_copy in tags:
+        return True
+    if func.namespace in ("quantized_decomposed", "prim", "prims", "profiler", "debugprims"):
+        return True
+    name = func._overloadpacket.__name__
+    if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
+        return True
+    if name.endswith("_") and func.namespace == "aten":  # in place: as its functional twin
+        functional = getattr(torch.ops.aten, name[:-1], None)
+        if functional is not None and "default" in functional.overloads():
+            twin_tags = functional.default.tags
+            if torch.Tag.pointwise in twin_tags or torch.Tag.reduction in twin_tags:
+                return True
+    return any(word in name for word in _MEMORY_ONLY_WORDS)
+
+
+def _product(values: Any) -> int:
+    return math.prod(int(value) for value in values)
+
+
+def _attention_flops(batch_heads: int, queries: int, keys: int, dim_qk: int, dim_v: int) -> int:
+    """FLOPs of softmax(Q Kᵀ) V: Q Kᵀ plus the weighted sum of values, 2 FLOPs per MAC."""
+    return 2 * batch_heads * queries * keys * (dim_qk + dim_v)
+
+
+def _sdpa_forward(a: Mapping[str, Any], out: Any) -> int:
+    query, key, value = a["query"], a["key"], a["value"]
+    return _attention_flops(
+        _product(query.shape[:-2]), query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
+    )
+
+
+def _sdpa_backward(a: Mapping[str, Any], out: Any) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    def four_d(shape: Any) -> list[int]:
+        return [_product(shape[:-2]), 1, int(shape[-2]), int(shape[-1])]
+
+    return int(
+        sdpa_backward_flop_count(
+            four_d(a["grad_out"].shape),
+            four_d(a["query"].shape),
+            four_d(a["key"].shape),
+            four_d(a["value"].shape),
+        )
+    )
+
+
+def _projected_attention_flops(query: Any, key: Any, embed_dim: int) -> int:
+    """Multi-head attention with input and output projections (embed_dim × embed_dim each)."""
+    sequences = query.unbind() if query.is_nested else [query]
+    keys = key.unbind() if key.is_nested else [key]
+    flops = 0
+    for query_part, key_part in zip(sequences, keys, strict=True):
+        queries = query_part.shape[-2] if query_part.dim() >= 2 else 1
+        key_count = key_part.shape[-2] if key_part.dim() >= 2 else 1
+        query_tokens = query_part.numel() // embed_dim
+        key_tokens = key_part.numel() // embed_dim
+        batch = query_tokens // max(queries, 1)
+        projections = 2 * embed_dim * embed_dim * (2 * query_tokens + 2 * key_tokens)
+        flops += projections + _attention_flops(batch, queries, key_count, embed_dim, embed_dim)
+    return flops
+
+
+def _native_mha(a: Mapping[str, Any], out: Any) -> int:
+    return _projected_attention_flops(a["query"], a["key"], int(a["embed_dim"]))
+
+
+def _encoder_layer(a: Mapping[str, Any], out: Any) -> int:
+    source = a["src"]
+    embed_dim = int(a["embed_dim"])
+    tokens = sum(part.numel() for part in source.unbind()) if source.is_nested else source.numel()
+    tokens //= embed_dim
+    feed_forward = 2 * tokens * (a["ffn_weight_1"].numel() + a["ffn_weight_2"].numel())
+    return _projected_attention_flops(source, source, embed_dim) + feed_forward
+
+
+def _rnn_tokens(inputs: Any, batch_sizes: Any) -> int:
+    """Time steps × batch of a recurrent layer's input (packed: its first dimension)."""
+    if batch_sizes is not None and len(batch_sizes) > 0:
+        return int(inputs.shape[0])
+    return inputs.numel() // int(inputs.shape[-1])
+
+
+def _mkldnn_rnn_layer(a: Mapping[str, Any], out: Any) -> int:
+    weights = a["weight0"].numel() + a["weight1"].numel()
+    return 2 * _rnn_tokens(a["input"], a.get("batch_sizes")) * weights
+
+
+def _mkldnn_rnn_layer_backward(a: Mapping[str, Any], out: Any) -> int:
+    weights = a["weight1"].numel() + a["weight2"].numel()
+    # gradient of the inputs and of the weights: twice the forward's MACs
+    return 4 * _rnn_tokens(a["input"], a.get("batch_sizes")) * weights
+
+
+def _fused_rnn(a: Mapping[str, Any], out: Any, factor: int) -> int:
+    """cuDNN/MIOpen run every layer and direction at once; each layer sees every token."""
+    weights = sum(weight.numel() for weight in a["weight"] if weight.dim() == 2)
+    return 2 * factor * _rnn_tokens(a["input"], a.get("batch_sizes")) * weights
+
+
+def _mv(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * a["self"].numel()
+
+
+def _addmv(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * a["mat"].numel()
+
+
+def _dot(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * a["self"].numel()
+
+
+def _addbmm(a: Mapping[str, Any], out: Any) -> int:
+    batch1, batch2 = a["batch1"], a["batch2"]
+    return 2 * batch1.numel() * batch2.shape[-1]
+
+
+def _addmm_like(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * a["mat1"].numel() * a["mat2"].shape[-1]
+
+
+def _int_mm(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * a["self"].numel() * a["mat2"].shape[-1]
+
+
+def _cdist(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * out.numel() * a["x1"].shape[-1]
+
+
+def _onednn_conv(a: Mapping[str, Any], out: Any) -> int:
+    from torch.utils.flop_counter import conv_flop_count
+
+    result = out[0] if isinstance(out, (tuple, list)) else out
+    return int(conv_flop_count(list(a["qx"].shape), list(a["qw"].shape), list(result.shape), False))
+
+
+def _onednn_linear(a: Mapping[str, Any], out: Any) -> int:
+    result = out[0] if isinstance(out, (tuple, list)) else out
+    x = a["qx"] if "qx" in a else a["x"]
+    return 2 * result.numel() * int(x.shape[-1])
+
+
+_FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str, ...]]] = {
+    "aten._scaled_dot_product_flash_attention_for_cpu": (_sdpa_forward, ("query", "key")),
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward": (
+        _sdpa_backward,
+        ("query", "key"),
+    ),
+    "aten._scaled_dot_product_attention_math_for_mps": (_sdpa_forward, ("query", "key")),
+    "aten._scaled_dot_product_fused_attention_overrideable": (_sdpa_forward, ("query", "key")),
+    "aten._native_multi_head_attention": (_native_mha, ("query", "qkv_weight")),
+    "aten._transformer_encoder_layer_fwd": (_encoder_layer, ("src", "qkv_weight")),
+    "aten.mkldnn_rnn_layer": (_mkldnn_rnn_layer, ("input", "weight0")),
+    "aten.mkldnn_rnn_layer_backward": (_mkldnn_rnn_layer_backward, ("input", "weight1")),
+    "aten._cudnn_rnn": (functools.partial(_fused_rnn, factor=1), ("input",)),
+    "aten._cudnn_rnn_backward": (functools.partial(_fused_rnn, factor=2), ("input",)),
+    "aten.miopen_rnn": (functools.partial(_fused_rnn, factor=1), ("input",)),
+    "aten.miopen_rnn_backward": (functools.partial(_fused_rnn, factor=2), ("input",)),
+    "aten.mv": (_mv, ("self", "vec")),
+    "aten.addmv": (_addmv, ("mat", "vec")),
+    "aten.dot": (_dot, ("self", "tensor")),
+    "aten.vdot": (_dot, ("self", "other")),
+    "aten.addbmm": (_addbmm, ("batch1", "batch2")),
+    "aten._addmm_activation": (_addmm_like, ("mat1", "mat2")),
+    "aten._int_mm": (_int_mm, ("self", "mat2")),
+    "aten._cdist_forward": (_cdist, ("x1", "x2")),
+    "onednn.qconv_pointwise": (_onednn_conv, ("qx",)),
+    "onednn.qconv2d_pointwise": (_onednn_conv, ("qx",)),
+    "onednn.qlinear_pointwise": (_onednn_linear, ("qx",)),
+    "onednn.linear_dynamic_fp16": (_onednn_linear, ("x",)),
+    "onednn.linear_relu_dynamic_fp16": (_onednn_linear, ("x",)),
+}
+"""Formulas (FLOPs, 2 per MAC) for operators ``torch.utils.flop_counter`` does not know, with
+the arguments whose dtype (and dequantize origin) sets the precision."""
+
+_REGISTRY_PRECISION_OPERANDS: Mapping[str, tuple[int, ...]] = {
+    "aten.addmm": (1, 2),
+    "aten.baddbmm": (1, 2),
+}
+"""Positions of the multiplied operands where they are not the first two tensors."""
+
+_PRECISION_OVERRIDES: Mapping[str, str] = {
+    "onednn.linear_dynamic_fp16": "fp16",
+    "onednn.linear_relu_dynamic_fp16": "fp16",
+}
 
 
 class _OperatorPlan:
     """How one operator overload is counted; worked out once per overload."""
 
-    __slots__ = ("decomposable", "moves_bytes", "name", "packed_family", "packet")
+    __slots__ = (
+        "argument_names",
+        "cacheable",
+        "decomposable",
+        "formula",
+        "marks_quantized",
+        "memory_only",
+        "moves_bytes",
+        "name",
+        "packed_family",
+        "passthrough",
+        "precision_operands",
+        "registry_formula",
+    )
 
-    def __init__(self, func: Any) -> None:
+    def __init__(self, func: Any, registry: Mapping[Any, Any]) -> None:
         import torch
 
-        self.packet = func._overloadpacket
-        self.name = str(self.packet)
+        packet = func._overloadpacket
+        self.name = str(packet)
+        self.argument_names = tuple(argument.name for argument in func._schema.arguments)
         self.moves_bytes = not (func.is_view or func in _no_byte_operators())
-        self.decomposable = func is not torch.ops.prim.device.default and (
-            torch._C.DispatchKey.CompositeImplicitAutograd in func.py_kernels
-            or func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
-        )
+        self.registry_formula = registry.get(packet)
+        custom = _FORMULAS.get(self.name)
+        self.formula = custom[0] if custom else None
         self.packed_family = _packed_family(func)
+        counts_macs = (
+            self.registry_formula is not None
+            or self.formula is not None
+            or self.packed_family is not None
+        )
+        if custom:
+            names = custom[1]
+            self.precision_operands: tuple[Any, ...] = names
+        else:
+            self.precision_operands = _REGISTRY_PRECISION_OPERANDS.get(self.name, (0, 1))
+        self.decomposable = (
+            not counts_macs
+            and func is not torch.ops.prim.device.default
+            and (
+                torch._C.DispatchKey.CompositeImplicitAutograd in func.py_kernels
+                or func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
+            )
+        )
+        self.memory_only = not counts_macs and _is_memory_only(func)
+        self.passthrough = not counts_macs and not self.moves_bytes
+        self.marks_quantized = packet.__name__.startswith("dequantize") and func.namespace in (
+            "aten",
+            "quantized_decomposed",
+            "torchao",
+        )
+        self.cacheable = self.packed_family is None and not (
+            torch.Tag.dynamic_output_shape in func.tags
+            or torch.Tag.data_dependent_output in func.tags
+        )
 
 
 def _packed_family(func: Any) -> str | None:
@@ -264,6 +766,17 @@ def _no_byte_operators() -> frozenset[Any]:
     )
 
 
+def _nbytes(tensor: Any) -> int:
+    """Bytes a tensor holds as stored (mkldnn and nested tensors included)."""
+    try:
+        return int(tensor.nbytes)
+    except (RuntimeError, NotImplementedError, TypeError):
+        try:
+            return int(tensor.numel()) * int(tensor.element_size())
+        except (RuntimeError, NotImplementedError, TypeError):
+            return 0
+
+
 @functools.cache
 def _counting_mode_class() -> type:
     """The dispatch mode class, defined on first use so that importing this module stays cheap."""
@@ -271,78 +784,166 @@ def _counting_mode_class() -> type:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import conv_flop_count, flop_registry
 
-    plans: dict[Any, _OperatorPlan] = {}
+    entries: dict[Any, _Entry] = {}
+    tensor_type = torch.Tensor
+    op_overload = torch._ops.OpOverload
 
     def _tensors(values: Any) -> Iterator[torch.Tensor]:
         for value in values:
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, tensor_type):
                 yield value
             elif isinstance(value, (list, tuple)):
                 yield from _tensors(value)
 
+    def _signature(values: Any) -> tuple[Any, ...]:
+        """Shapes and dtypes of tensors, other arguments as given: the cache key's body."""
+        key = []
+        for value in values:
+            if isinstance(value, tensor_type):
+                key.append((value.shape, value.dtype))
+            elif isinstance(value, (list, tuple)):
+                key.append(_signature(value))
+            else:
+                key.append(value)
+        return tuple(key)
+
     class CountingMode(TorchDispatchMode):
-        """Runs each operator unchanged and adds its MACs and bytes to the current tally."""
+        """Runs each operator unchanged and adds one call of its cached entry to the tally."""
 
         def __init__(self) -> None:
             super().__init__()
             self.tally = _Tally()
             self.packed_weights: dict[int, tuple[Any, tuple[int, ...], list[Any]]] = {}
+            self.quantized_seen = False
+            self.module_path: Callable[[], str] | None = None
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            plan = plans.get(func)
+            plan = getattr(func, "_pytest_energy_plan", None)  # faster than hashing func
             if plan is None:
-                if not isinstance(func, torch._ops.OpOverload):
+                if not isinstance(func, op_overload):
                     return func(*args, **kwargs)
-                plan = plans[func] = _OperatorPlan(func)
-            formula = flop_registry.get(plan.packet)
-            if formula is None and plan.packed_family is None and plan.decomposable:
+                plan = _OperatorPlan(func, flop_registry)
+                func._pytest_energy_plan = plan
+            if plan.passthrough:
+                out = func(*args, **kwargs)
+                self.tally.passthrough_calls += 1
+                if self.quantized_seen and args:
+                    _carry_mark(args[0], out)
+                return out
+            if plan.decomposable:
                 with self:
                     result = func.decompose(*args, **kwargs)
                 if result is not NotImplemented:
                     return result
             out = func(*args, **kwargs)
-            tally = self.tally
-            tally.operator_calls += 1
-            if plan.moves_bytes:
-                self._count_bytes(args, kwargs, out)
-            if formula is not None:
+            if plan.marks_quantized:
+                self._mark_dequantized(args, out)
+            if plan.cacheable:
+                key: Any = (
+                    id(plan),
+                    _signature(args),
+                    _signature(kwargs.items()) if kwargs else (),
+                )
+                if self.quantized_seen and not plan.memory_only:
+                    key = (key, _marks(args, kwargs))
                 try:
-                    flops = int(formula(*args, **kwargs, out_val=out))
-                except Exception as error:
-                    raise MeterError(
-                        f"counted meter: torch.utils.flop_counter's formula for {plan.name} "
-                        f"failed ({type(error).__name__}: {error})"
-                    ) from error
-                if flops:
-                    first = next(_tensors(args), None)
-                    precision = _precision(first.dtype) if first is not None else "fp32"
-                    self._add(plan.name, precision, flops)
-            elif plan.packed_family is not None:
-                self._count_packed(plan, args, out)
+                    entry = entries.get(key)
+                except TypeError:  # an argument that cannot be hashed: count without caching
+                    entry = key = None
+                if entry is None:
+                    entry = self._entry(plan, args, kwargs, out)
+                    if key is not None:
+                        if len(entries) >= _CACHE_LIMIT:
+                            entries.clear()
+                        entries[key] = entry
+            else:
+                entry = self._entry(plan, args, kwargs, out)
+            calls = self.tally.calls
+            slot = entry if self.module_path is None else (entry, self.module_path())
+            calls[slot] = calls.get(slot, 0) + 1
             return out
 
-        def _add(self, operator: str, precision: str, flops: int) -> None:
-            tally = self.tally
-            tally.flops_by_operator[operator] = tally.flops_by_operator.get(operator, 0) + flops
-            macs = tally.macs_by_precision
-            macs[precision] = macs.get(precision, 0) + flops // 2
+        def _mark_dequantized(self, args: Any, out: Any) -> None:
+            source = next(_tensors(args), None)
+            if source is None or not isinstance(out, tensor_type):
+                return
+            precision = _precision(source.dtype)
+            if precision == "int8" and _precision(out.dtype) != precision:
+                setattr(out, _QUANTIZED_MARK, precision)
+                self.quantized_seen = True
 
-        def _count_bytes(self, args: Any, kwargs: Mapping[str, Any], out: Any) -> None:
-            by_dtype = self.tally.bytes_by_dtype
-            for tensor in _tensors((args, tuple(kwargs.values()), out)):
-                by_dtype[tensor.dtype] = by_dtype.get(tensor.dtype, 0) + tensor.nbytes
+        def _entry(self, plan: _OperatorPlan, args: Any, kwargs: Any, out: Any) -> _Entry:
+            inputs = list(_tensors(args)) + list(_tensors(kwargs.values()))
+            operands = [*inputs, *_tensors((out,))] if plan.moves_bytes else []
+            sizes = [(tensor.dtype, _nbytes(tensor)) for tensor in operands]
+            flops, precision = 0, "fp32"
+            if plan.packed_family is not None:
+                flops, precision, packed_sizes = self._count_packed(plan, args, out)
+                sizes.extend(packed_sizes)
+            elif plan.registry_formula is not None or plan.formula is not None:
+                try:
+                    if plan.registry_formula is not None:
+                        flops = int(plan.registry_formula(*args, **kwargs, out_val=out))
+                    else:
+                        bound = dict(zip(plan.argument_names, args, strict=False))
+                        bound.update(kwargs)
+                        flops = int(plan.formula(bound, out))
+                except Exception as error:
+                    raise MeterError(
+                        f"counted meter: the MAC formula for {plan.name} failed "
+                        f"({type(error).__name__}: {error})"
+                    ) from error
+                precision = self._precision_of(plan, args, kwargs, inputs)
+            by_dtype: dict[Any, int] = {}
+            for dtype, size in sizes:
+                by_dtype[dtype] = by_dtype.get(dtype, 0) + size
+            return _Entry(
+                name=plan.name,
+                precision=precision,
+                flops=flops,
+                operand_bytes=tuple(sorted(size for _, size in sizes)),
+                bytes_by_dtype=tuple(by_dtype.items()),
+                uncounted=not plan.memory_only
+                and not flops
+                and bool(inputs)
+                and plan.registry_formula is None
+                and plan.formula is None
+                and plan.packed_family is None,
+            )
 
-        def _count_packed(self, plan: _OperatorPlan, args: Any, out: Any) -> None:
+        def _precision_of(
+            self, plan: _OperatorPlan, args: Any, kwargs: Any, inputs: list[Any]
+        ) -> str:
+            if plan.name in _PRECISION_OVERRIDES:
+                return _PRECISION_OVERRIDES[plan.name]
+            operands = []
+            for position in plan.precision_operands:
+                if isinstance(position, int):
+                    value = args[position] if position < len(args) else None
+                else:
+                    value = _argument(plan, position, args, kwargs)
+                if isinstance(value, tensor_type):
+                    operands.append(value)
+            if not operands:
+                operands = inputs[:1]
+            if not operands:
+                return "fp32"
+            if self.quantized_seen:
+                marks = [getattr(tensor, _QUANTIZED_MARK, None) for tensor in operands]
+                if len(operands) >= 2 and all(marks) and len(set(marks)) == 1:
+                    return marks[0]
+            return _precision(operands[0].dtype)
+
+        def _count_packed(
+            self, plan: _OperatorPlan, args: Any, out: Any
+        ) -> tuple[int, str, list[Any]]:
             packed = next(arg for arg in args if isinstance(arg, torch.ScriptObject))
             x = next(_tensors(args))
             cached = self.packed_weights.get(id(packed))
             if cached is None:
                 cached = self.packed_weights[id(packed)] = _unpacked_sizes(packed, plan)
             _, weight_shape, bytes_by_dtype = cached
-            by_dtype = self.tally.bytes_by_dtype
-            for dtype, size in bytes_by_dtype:
-                by_dtype[dtype] = by_dtype.get(dtype, 0) + size
             if plan.packed_family.startswith("linear"):
                 flops = 2 * out.numel() * weight_shape[1]
             else:
@@ -351,7 +952,27 @@ def _counting_mode_class() -> type:
                     list(x.shape), list(weight_shape), list(out.shape), transposed
                 )
             precision = "fp32" if plan.packed_family == "linear_fp16" else "int8"
-            self._add(plan.name, precision, flops)
+            return int(flops), precision, list(bytes_by_dtype)
+
+    def _argument(plan: _OperatorPlan, name: str, args: Any, kwargs: Any) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        try:
+            position = plan.argument_names.index(name)
+        except ValueError:
+            return None
+        return args[position] if position < len(args) else None
+
+    def _marks(args: Any, kwargs: Any) -> tuple[Any, ...]:
+        return tuple(
+            getattr(tensor, _QUANTIZED_MARK, None) for tensor in _tensors((*args, *kwargs.values()))
+        )
+
+    def _carry_mark(source: Any, out: Any) -> None:
+        """A view of a dequantized tensor (``w.t()``) is still dequantized data."""
+        mark = getattr(source, _QUANTIZED_MARK, None) if isinstance(source, tensor_type) else None
+        if mark is not None and isinstance(out, tensor_type):
+            setattr(out, _QUANTIZED_MARK, mark)
 
     return CountingMode
 
@@ -393,10 +1014,16 @@ class CountedMeter(Meter):
         energy_table: overrides of ``DEFAULT_ENERGY_TABLE_PICOJOULES`` (picojoules per
             operation; keys ``fp32_mult_pj``, ``fp32_add_pj``, ``fp16_mult_pj``,
             ``fp16_add_pj``, ``int8_mult_pj``, ``int8_add_pj``, ``int32_mult_pj``,
-            ``int32_add_pj``, ``dram_pj_per_32_bits``). Unknown keys raise ``ConfigError``.
+            ``int32_add_pj``, ``sram_pj_per_64_bits``, ``dram_pj_per_32_bits``, and
+            ``sram_capacity_bytes``; ``calibration`` names the hardware a fitted table came
+            from). Unknown keys raise ``ConfigError``.
+        breakdown: also break the reading down by operator and by module
+            (``details["by_operator"]``, ``details["by_module"]``); the module breakdown tracks
+            the module stack, which costs a little per module call, so it is off by default.
 
     The reading's domains are ``compute`` (MACs) and ``memory`` (bytes moved); ``details`` holds
-    MACs per precision, FLOPs per operator, bytes per dtype and the table used.
+    MACs per precision, FLOPs per operator, bytes per dtype and per memory level, the operators
+    without a formula (``uncounted_operators``) and the table and memory model used.
     """
 
     name = "counted"
@@ -404,8 +1031,13 @@ class CountedMeter(Meter):
     deterministic = True
     min_window_seconds = 0.0
 
-    def __init__(self, energy_table: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, energy_table: Mapping[str, Any] | None = None, breakdown: bool = False
+    ) -> None:
         self.energy_table: dict[str, float] = validate_energy_table(energy_table)
+        calibration = (energy_table or {}).get(CALIBRATION_KEY)
+        self.calibration: dict[str, Any] | None = dict(calibration) if calibration else None
+        self.breakdown = breakdown
         self._overridden = sorted(
             key
             for key, value in self.energy_table.items()
@@ -414,8 +1046,23 @@ class CountedMeter(Meter):
         self._mac_picojoules = {
             precision: mac_picojoules(self.energy_table, precision) for precision in PRECISIONS
         }
-        self._memory_picojoules_per_byte = memory_picojoules_per_byte(self.energy_table)
+        self._dram_picojoules_per_byte = memory_picojoules_per_byte(self.energy_table)
+        self._sram_picojoules_per_byte = sram_picojoules_per_byte(self.energy_table)
+        self._capacity_bytes = self.energy_table["sram_capacity_bytes"]
+        static: dict[str, Any] = {
+            "mac_picojoules": dict(self._mac_picojoules),
+            "energy_table_picojoules": dict(self.energy_table),
+            "energy_table_source": self.energy_table_source,
+            "memory_model": MEMORY_MODEL,
+            "label": self.label,
+        }
+        if self.calibration is not None:
+            static["calibration"] = dict(self.calibration)
+        self._static_details = static
+        """Details every reading shares (one set of dicts, not copied per window: readings are
+        picklable for distributed runs; treat them as read-only)."""
         self._mode: Any = None
+        self._tracker: Any = None
         self._innermost_mode: Callable[[], Any] = lambda: None
         self._window_thread: int | None = None
         self._started_seconds = 0.0
@@ -431,8 +1078,17 @@ class CountedMeter(Meter):
         return None
 
     @property
+    def label(self) -> str:
+        """``counted`` or ``counted (calibrated to <hardware>, <date>)``."""
+        if self.calibration is None:
+            return "counted"
+        return f"counted ({calibration_label(self.calibration)})"
+
+    @property
     def energy_table_source(self) -> str:
         """Where the table's figures come from, naming the keys the user overrode."""
+        if self.calibration is not None:
+            return f"{calibration_label(self.calibration)} (fitted by pytest-energy calibrate)"
         if not self._overridden:
             return ENERGY_TABLE_SOURCE
         return f"{ENERGY_TABLE_SOURCE}; overridden: {', '.join(self._overridden)}"
@@ -448,8 +1104,14 @@ class CountedMeter(Meter):
 
             self._mode = _counting_mode_class()()
             self._innermost_mode = _get_current_dispatch_mode
-        self._mode.tally = _Tally()
-        self._mode.__enter__()
+        mode = self._mode
+        mode.tally = _Tally()
+        mode.quantized_seen = False
+        if self.breakdown:
+            self._tracker = _ModuleStack()
+            self._tracker.__enter__()
+            mode.module_path = self._tracker.innermost
+        mode.__enter__()
         self._window_thread = threading.get_ident()
         self._started_seconds = time.perf_counter()
 
@@ -468,69 +1130,192 @@ class CountedMeter(Meter):
                 "exit it before the window closes"
             )
         self._mode.__exit__(None, None, None)
+        self._end_tracking()
         self._window_thread = None
         tally = self._mode.tally
         self._mode.packed_weights.clear()
         return self._reading(tally, stopped_seconds - self._started_seconds)
 
+    def _end_tracking(self) -> None:
+        if self._tracker is not None:
+            self._tracker.__exit__(None, None, None)
+            self._tracker = None
+            self._mode.module_path = None
+
+    def _entry_joules(self, entry: _Entry) -> tuple[float, int, int]:
+        """(joules, SRAM bytes, DRAM bytes) of one call of ``entry``."""
+        sram_bytes, dram_bytes = split_by_level(entry.operand_bytes, self._capacity_bytes)
+        picojoules = (
+            (entry.flops // 2) * self._mac_picojoules[entry.precision]
+            + sram_bytes * self._sram_picojoules_per_byte
+            + dram_bytes * self._dram_picojoules_per_byte
+        )
+        return picojoules / _PICOJOULES_PER_JOULE, sram_bytes, dram_bytes
+
     def _reading(self, tally: _Tally, seconds: float) -> Reading:
+        macs: dict[str, int] = {}
+        flops_by_operator: dict[str, int] = {}
+        bytes_by_dtype: dict[Any, int] = {}
+        uncounted: dict[str, int] = {}
+        by_operator: dict[str, dict[str, Any]] = {}
+        by_module: dict[str, dict[str, Any]] = {}
+        sram_total = dram_total = 0
+        calls_total = tally.passthrough_calls
+        for slot, calls in tally.calls.items():
+            entry, module = slot if isinstance(slot, tuple) else (slot, None)
+            calls_total += calls
+            if entry.flops:
+                macs[entry.precision] = macs.get(entry.precision, 0) + calls * (entry.flops // 2)
+                flops_by_operator[entry.name] = (
+                    flops_by_operator.get(entry.name, 0) + calls * entry.flops
+                )
+            for dtype, size in entry.bytes_by_dtype:
+                bytes_by_dtype[dtype] = bytes_by_dtype.get(dtype, 0) + calls * size
+            if entry.uncounted:
+                uncounted[entry.name] = uncounted.get(entry.name, 0) + calls
+            joules, sram_bytes, dram_bytes = self._entry_joules(entry)
+            sram_total += calls * sram_bytes
+            dram_total += calls * dram_bytes
+            if self.breakdown:
+                moved = calls * (sram_bytes + dram_bytes)
+                row = by_operator.setdefault(
+                    entry.name, {"calls": 0, "flops": 0, "bytes": 0, "joules": 0.0}
+                )
+                row["calls"] += calls
+                row["flops"] += calls * entry.flops
+                row["bytes"] += moved
+                row["joules"] += calls * joules
+                place = by_module.setdefault(
+                    module or "(outside any module)", {"flops": 0, "bytes": 0, "joules": 0.0}
+                )
+                place["flops"] += calls * entry.flops
+                place["bytes"] += moved
+                place["joules"] += calls * joules
         macs_by_precision = {
-            precision: tally.macs_by_precision[precision]
-            for precision in PRECISIONS
-            if precision in tally.macs_by_precision
+            precision: macs[precision] for precision in PRECISIONS if precision in macs
         }
         compute_picojoules = sum(
-            macs * self._mac_picojoules[precision] for precision, macs in macs_by_precision.items()
+            count * self._mac_picojoules[precision]
+            for precision, count in macs_by_precision.items()
         )
-        bytes_moved = sum(tally.bytes_by_dtype.values())
-        memory_picojoules = bytes_moved * self._memory_picojoules_per_byte
+        memory_picojoules = (
+            sram_total * self._sram_picojoules_per_byte
+            + dram_total * self._dram_picojoules_per_byte
+        )
+        details: dict[str, Any] = {
+            "macs_by_precision": macs_by_precision,
+            "flops_by_operator": dict(sorted(flops_by_operator.items())),
+            "bytes_moved_by_dtype": {
+                str(dtype).removeprefix("torch."): size for dtype, size in bytes_by_dtype.items()
+            },
+            "bytes_moved_by_level": {"sram": sram_total, "dram": dram_total},
+            "operator_calls": calls_total,
+            "uncounted_operators": dict(sorted(uncounted.items())),
+            **self._static_details,
+        }
+        if self.breakdown:
+            details["by_operator"] = dict(
+                sorted(by_operator.items(), key=lambda item: -item[1]["joules"])
+            )
+            details["by_module"] = dict(
+                sorted(by_module.items(), key=lambda item: -item[1]["joules"])
+            )
+        joules_by_domain = {
+            "compute": compute_picojoules / _PICOJOULES_PER_JOULE,
+            "memory": memory_picojoules / _PICOJOULES_PER_JOULE,
+        }
+        if self.energy_table["operator_call_pj"]:
+            joules_by_domain["operator_calls"] = (
+                calls_total * self.energy_table["operator_call_pj"] / _PICOJOULES_PER_JOULE
+            )
         return Reading(
             meter=self.name,
             kind=self.kind,
             seconds=seconds,
-            joules_by_domain={
-                "compute": compute_picojoules / _PICOJOULES_PER_JOULE,
-                "memory": memory_picojoules / _PICOJOULES_PER_JOULE,
-            },
-            flops=sum(tally.flops_by_operator.values()),
-            bytes_moved=bytes_moved,
-            details={
-                "macs_by_precision": macs_by_precision,
-                "mac_picojoules": dict(self._mac_picojoules),
-                "flops_by_operator": dict(sorted(tally.flops_by_operator.items())),
-                "bytes_moved_by_dtype": {
-                    str(dtype).removeprefix("torch."): size
-                    for dtype, size in tally.bytes_by_dtype.items()
-                },
-                "operator_calls": tally.operator_calls,
-                "energy_table_picojoules": dict(self.energy_table),
-                "energy_table_source": self.energy_table_source,
-            },
+            joules_by_domain=joules_by_domain,
+            flops=sum(flops_by_operator.values()),
+            bytes_moved=sram_total + dram_total,
+            details=details,
         )
 
     def describe(self) -> dict[str, Any]:
-        """Name, kind, the energy table and its source, and what is counted."""
-        return {
+        """Name, kind, label, the energy table and its source, and what is counted."""
+        description = {
             "name": self.name,
             "kind": self.kind,
+            "label": self.label,
             "energy_table_picojoules": dict(self.energy_table),
             "energy_table_source": self.energy_table_source,
-            "compute": "MACs from torch.utils.flop_counter (FLOPs / 2) and int8 quantized "
-            "conv/linear × (mult + add) pJ at the operands' precision; int8 accumulates in int32",
-            "memory": "bytes of every operator's tensor inputs and outputs (views and empty "
-            "allocations move none) × DRAM pJ per bit",
+            "source": self.energy_table_source,
+            "compute": "MACs (FLOPs / 2) from torch.utils.flop_counter's formulas and this "
+            "meter's (attention, multi-head attention, fused encoder layer, recurrent layers, "
+            "int8 eager and oneDNN kernels, q/dq GEMMs at int8) × (mult + add) pJ at the "
+            "operands' precision; int8 accumulates in int32; operators with tensor inputs and "
+            "no formula are listed in uncounted_operators",
+            "memory": MEMORY_MODEL,
         }
+        if self.calibration is not None:
+            description["calibration"] = dict(self.calibration)
+        return description
 
     def close(self) -> None:
         """Close a window left open, so the dispatch mode does not outlive the meter."""
         if self._window_thread == threading.get_ident():
             self._mode.__exit__(None, None, None)
+            self._end_tracking()
             self._window_thread = None
 
 
-def count(fn: Callable[[], object], energy_table: Mapping[str, float] | None = None) -> Reading:
+class _ModuleStack:
+    """The module running now (its dotted path), from global forward hooks.
+
+    Backward operators run outside any forward: they are charged to ``(backward)``.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[str] = []
+        self._names: dict[int, str] = {}
+        self._handles: list[Any] = []
+
+    def innermost(self) -> str:
+        return self._stack[-1] if self._stack else "(outside any module)"
+
+    def _enter(self, module: Any, inputs: Any) -> None:
+        path = self._names.get(id(module))
+        if path is None:
+            parent = self._stack[-1] if self._stack else None
+            path = type(module).__name__ if parent is None else f"{parent}.?"
+            self._names[id(module)] = path
+        for child_name, child in module.named_children():
+            self._names.setdefault(id(child), f"{path}.{child_name}")
+        self._stack.append(path)
+
+    def _leave(self, module: Any, inputs: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def __enter__(self) -> _ModuleStack:
+        from torch.nn.modules import module as module_hooks
+
+        self._handles = [
+            module_hooks.register_module_forward_pre_hook(self._enter),
+            module_hooks.register_module_forward_hook(self._leave, always_call=True),
+        ]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def count(
+    fn: Callable[[], object],
+    energy_table: Mapping[str, Any] | None = None,
+    breakdown: bool = False,
+) -> Reading:
     """Run ``fn()`` once inside a ``counted`` window and return the reading."""
-    meter = CountedMeter(energy_table)
+    meter = CountedMeter(energy_table, breakdown=breakdown)
     meter.start()
     try:
         fn()

@@ -1,0 +1,327 @@
+"""The ``counted`` meter counts every model family, or says by name what it could not count.
+
+Published figures come from torchvision's weight metadata (``meta["_ops"]``, giga-MACs); the
+models are built with ``weights=None`` on the ``meta`` device, so nothing is downloaded and no
+arithmetic runs: counting needs shapes only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_energy.meters.counted import count, uncounted_warning
+
+quantization_warnings = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
+
+PUBLISHED_MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "shufflenet_v2_x1_0",
+    "squeezenet1_1",
+    "alexnet",
+    "googlenet",
+    "mnasnet0_5",
+    "densenet121",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+    "maxvit_t",
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", PUBLISHED_MODELS)
+def test_torchvision_published_giga_macs_within_one_percent(name):
+    torchvision = pytest.importorskip("torchvision")
+    weights = next(iter(torchvision.models.get_model_weights(name)))
+    side = weights.transforms().crop_size[0]
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None).eval()
+        image = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        reading = count(lambda: model(image))
+    assert reading.flops / 2 / 1e9 == pytest.approx(weights.meta["_ops"], rel=0.01)
+    assert reading.details["uncounted_operators"] == {}
+
+
+# --- attention and recurrent layers against the hand formula ----------------------------------
+
+EMBED, HEADS, FEED_FORWARD, BATCH, TOKENS = 16, 2, 32, 2, 5
+ATTENTION_MACS = 4 * BATCH * TOKENS * EMBED * EMBED + 2 * BATCH * TOKENS * TOKENS * EMBED
+"""q, k, v and output projections, then Q Kᵀ and the weighted sum of values."""
+
+
+def macs(reading):
+    return reading.flops // 2
+
+
+def test_multi_head_attention_fast_path_and_training_path_match_the_hand_formula():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
+    x = torch.randn(BATCH, TOKENS, EMBED)
+    training = count(lambda: attention(x, x, x))
+    flash = count(lambda: attention(x, x, x, need_weights=False))
+    attention.eval()
+    with torch.no_grad():
+        fused = count(lambda: attention(x, x, x))
+    assert "aten._native_multi_head_attention" in fused.details["flops_by_operator"]
+    assert "aten._scaled_dot_product_flash_attention_for_cpu" in flash.details["flops_by_operator"]
+    assert macs(fused) == macs(training) == macs(flash) == ATTENTION_MACS
+
+
+def test_transformer_encoder_layer_fused_and_training_paths_match_the_hand_formula():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(EMBED, HEADS, FEED_FORWARD, batch_first=True)
+    x = torch.randn(BATCH, TOKENS, EMBED)
+    expected = ATTENTION_MACS + 2 * BATCH * TOKENS * EMBED * FEED_FORWARD
+    training = count(lambda: layer(x))
+    layer.eval()
+    with torch.no_grad():
+        fused = count(lambda: layer(x))
+    assert set(fused.details["flops_by_operator"]) == {"aten._transformer_encoder_layer_fwd"}
+    assert macs(fused) == macs(training) == expected
+
+
+def test_scaled_dot_product_attention_forward_and_backward_on_cpu():
+    query = torch.randn(BATCH, HEADS, TOKENS, 8, requires_grad=True)
+    forward = count(lambda: nn.functional.scaled_dot_product_attention(query, query, query))
+    assert set(forward.details["flops_by_operator"]) == {
+        "aten._scaled_dot_product_flash_attention_for_cpu"
+    }
+    assert macs(forward) == 2 * BATCH * HEADS * TOKENS * TOKENS * 8
+    output = nn.functional.scaled_dot_product_attention(query, query, query).sum()
+    backward = count(output.backward)
+    assert backward.details["flops_by_operator"].get(
+        "aten._scaled_dot_product_flash_attention_for_cpu_backward", 0
+    ) > macs(forward)
+
+
+def test_two_layer_lstm_forward_and_backward_match_the_hand_formula():
+    torch.manual_seed(0)
+    inputs, hidden, steps = 8, 16, 5
+    lstm = nn.LSTM(inputs, hidden, num_layers=2)
+    sequence = torch.randn(steps, BATCH, inputs)
+    gates = 4 * hidden
+    expected = steps * BATCH * (gates * inputs + gates * hidden + gates * hidden + gates * hidden)
+    forward = count(lambda: lstm(sequence))
+    assert macs(forward) == expected
+    assert forward.details["uncounted_operators"] == {}
+    loss = lstm(sequence)[0].sum()
+    backward = count(loss.backward)
+    assert macs(backward) == 2 * expected
+    lstm.eval()
+    with torch.no_grad():
+        assert macs(count(lambda: lstm(sequence))) == expected
+
+
+@pytest.mark.parametrize("layer_class", [nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.GRU, nn.RNN])
+def test_other_recurrent_layers_count_their_gate_products(layer_class):
+    layer = layer_class(8, 16)
+    is_cell = layer_class.__name__.endswith("Cell")
+    steps = 1 if is_cell else 3
+    x = torch.randn(BATCH, 8) if is_cell else torch.randn(steps, BATCH, 8)
+    gates = (layer.weight_ih if is_cell else layer.weight_ih_l0).shape[0]  # 4H, 3H or H
+    reading = count(lambda: layer(x))
+    assert macs(reading) == steps * BATCH * gates * (8 + 16)
+    assert reading.details["uncounted_operators"] == {}
+
+
+def test_backward_counts_about_twice_the_forward_in_training():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    images = torch.randn(2, 3, 32, 32)
+    forward = count(lambda: model(images))
+    loss = model(images).sum()
+    backward = count(loss.backward)
+    # gradients of inputs and of weights; the first convolution needs no input gradient
+    assert 1.8 <= backward.flops / forward.flops <= 2.0
+
+
+# --- low precision ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pt2e_models():
+    """A small CNN, its PT2E int8 twin (reference q/dq form) and that twin lowered to oneDNN."""
+    pytest.importorskip("torchao")
+    import warnings
+
+    from torchao.quantization.pt2e import lowering
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+
+    torch.manual_seed(0)
+    fp32 = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+    example = (torch.randn(1, 3, 32, 32),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantizer = x86_inductor_quantizer.X86InductorQuantizer()
+        quantizer.set_global(x86_inductor_quantizer.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(
+            torch.export.export(copy.deepcopy(fp32), example).module(), quantizer
+        )
+        prepared(*example)
+        reference = convert_pt2e(prepared)
+        lowered = lowering.lower_pt2e_quantized_to_x86(copy.deepcopy(reference), example)
+    return fp32, reference, lowered, example
+
+
+@quantization_warnings
+@pytest.mark.parametrize("form", ["reference", "lowered"])
+def test_a_pt2e_int8_model_is_counted_at_int8_and_below_its_fp32_twin(pt2e_models, form):
+    fp32, reference, lowered, example = pt2e_models
+    int8_model = reference if form == "reference" else lowered
+    with torch.no_grad():
+        full = count(lambda: fp32(*example))
+        int8 = count(lambda: int8_model(*example))
+    expected = 16 * 3 * 3 * 3 * 32 * 32 + 16 * 10
+    assert full.details["macs_by_precision"] == {"fp32": expected}
+    assert int8.details["macs_by_precision"] == {"int8": expected}
+    if form == "lowered":
+        assert {"onednn.qconv_pointwise", "onednn.qlinear_pointwise"} <= set(
+            int8.details["flops_by_operator"]
+        )
+    assert int8.joules_by_domain["compute"] < full.joules_by_domain["compute"] / 10
+    if form == "lowered":
+        assert int8.bytes_moved < full.bytes_moved
+        assert int8.joules < full.joules
+    # the reference form really runs quantize/dequantize around fp32 kernels: that traffic
+    # is counted, so only its arithmetic is cheaper than the fp32 twin's
+
+
+def test_scaled_mm_in_float8_is_counted_at_low_precision():
+    float8 = getattr(torch, "float8_e4m3fn", None)
+    if float8 is None:
+        pytest.skip("no float8 dtype in this torch")
+    a = torch.randn(16, 32).to(float8)
+    b = torch.randn(16, 32).to(float8).t()
+    one = torch.tensor(1.0)
+    try:
+        torch._scaled_mm(a, b, one, one, out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError) as error:
+        pytest.skip(f"_scaled_mm does not run here ({error})")
+    reading = count(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float32))
+    assert reading.details["macs_by_precision"] == {"fp16": 16 * 32 * 16}
+
+
+# --- what cannot be counted is named ----------------------------------------------------------
+
+
+def test_an_operator_without_a_formula_is_named_never_a_quiet_zero():
+    matrix = torch.randn(6, 6)
+    symmetric = matrix @ matrix.T
+    reading = count(lambda: [torch.linalg.eigh(symmetric) for _ in range(3)])
+    (name,) = [op for op in reading.details["uncounted_operators"] if "eigh" in op]
+    assert reading.details["uncounted_operators"][name] == 3
+    assert reading.bytes_moved > 0
+    warning = uncounted_warning(reading)
+    assert warning.startswith(f"compute not counted: 3 calls of {name}")
+
+
+def test_memory_only_operators_are_not_reported_as_uncounted():
+    x = torch.randn(4, 8, 8, 8)
+    norm = nn.BatchNorm2d(8).eval()
+    reading = count(
+        lambda: nn.functional.max_pool2d(torch.relu(norm(x)), 2).softmax(-1).sum() + x.mean()
+    )
+    assert reading.details["uncounted_operators"] == {}
+    assert uncounted_warning(reading) is None
+
+
+# --- torch.compile ----------------------------------------------------------------------------
+
+
+def test_torch_compiled_code_is_counted_like_the_eager_code():
+    def invisible_backend(graph, example_inputs):
+        """Like inductor's fused kernels: runs the graph where no dispatch mode can see it."""
+
+        def run(*args):
+            with torch._C._DisableTorchDispatch():
+                return graph(*args)
+
+        return run
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(8, 16)
+    compiled = torch.compile(model, backend=invisible_backend)
+    compiled(x)  # compiled outside the window, as after a warm-up
+    with torch._C._DisableTorchDispatch():
+        assert count(lambda: model(x)).flops == 0  # what a compiled kernel would count
+    eager = count(lambda: model(x))
+    assert eager.flops == 2 * 8 * (16 * 16 + 16 * 4)
+    assert dataclasses.replace(count(lambda: compiled(x)), seconds=0) == dataclasses.replace(
+        eager, seconds=0
+    )
+
+
+# --- what the user sees -----------------------------------------------------------------------
+
+UNCOUNTED_LIFECYCLE_TEST = """
+import torch
+
+def test_spectral(energy):
+    matrix = torch.randn(6, 6)
+    symmetric = matrix @ matrix.T
+    with energy.train("fit"):
+        torch.linalg.eigh(symmetric)
+    energy.inference(lambda: torch.linalg.eigh(symmetric), rounds=1, warmup=1)
+"""
+
+
+def test_the_summary_warns_which_operators_were_not_counted(pytester):
+    pytester.makepyfile(test_spectral=UNCOUNTED_LIFECYCLE_TEST)
+    result = pytester.runpytest("--energy", "--energy-meter", "counted", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*warning: *test_spectral*counted train phase 'fit': compute not counted: "
+            "1 call of aten.*eigh*",
+            "*warning: *test_spectral*counted inference: compute not counted: "
+            "1 call of aten.*eigh*",
+        ]
+    )
+
+
+# --- breakdown ----------------------------------------------------------------------------------
+
+
+def test_breakdown_by_operator_and_by_module_adds_up_to_the_reading():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = count(lambda: model(images))
+        broken_down = count(lambda: model(images), breakdown=True)
+    assert "by_operator" not in plain.details and "by_module" not in plain.details
+    assert dataclasses.replace(broken_down, seconds=0, details={}) == dataclasses.replace(
+        plain, seconds=0, details={}
+    )
+    by_operator = broken_down.details["by_operator"]
+    assert by_operator["aten.convolution"]["calls"] == 1
+    assert by_operator["aten.convolution"]["flops"] == 2 * 2 * 8 * 3 * 3 * 3 * 6 * 6
+    assert set(by_operator["aten.addmm"]) == {"calls", "flops", "bytes", "joules"}
+    by_module = broken_down.details["by_module"]
+    assert by_module["Sequential.0"]["flops"] == by_operator["aten.convolution"]["flops"]
+    assert by_module["Sequential.3"]["flops"] == by_operator["aten.addmm"]["flops"]
+    for rows in (by_operator, by_module):
+        assert sum(row["flops"] for row in rows.values()) == broken_down.flops
+        assert sum(row["bytes"] for row in rows.values()) == broken_down.bytes_moved
+        assert sum(row["joules"] for row in rows.values()) == pytest.approx(broken_down.joules)
