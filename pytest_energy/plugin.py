@@ -337,7 +337,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         write(f"not used: {reason}")
     if energy_session.results:
         write("")
-        for line in summary_table(energy_session.results).splitlines():
+        gate = getattr(config.stash.get(GATE_KEY, None), "gate", None) or None
+        reference = config.getoption("--energy-reference", None)
+        for line in summary_table(energy_session.results, gate, reference).splitlines():
             write(line)
         write("")
         write(

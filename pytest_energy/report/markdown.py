@@ -415,7 +415,7 @@ def _lifecycle_section(lifecycle: MeterLifecycle, report: Report, detail: Detail
 
 def _chart_rows(lifecycle: MeterLifecycle, report: Report, limit: int) -> list[Row]:
     """The lines worth drawing when there are too many: references, leaders, then the rest."""
-    candidates = [row for row in report.rows if row.meter == lifecycle.meter and row.cost]
+    candidates = [row for row in report.lifecycle_rows(lifecycle) if row.cost]
     ordered: list[Row] = []
 
     def add(row: Row | None) -> None:
@@ -472,7 +472,8 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
         "```mermaid",
         '%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "' + palette + '"}}}}%%',
         "xychart-beta",
-        f'    title "Full-cycle energy, {lifecycle.meter} ({lifecycle.kind})"',
+        f'    title "{_task_words(lifecycle, report)}Full-cycle energy, {lifecycle.meter} '
+        f'({lifecycle.kind})"',
         f'    x-axis "MUI (inferences served)" [{labels}]',
         f'    y-axis "log10 E(MUI) / J" {lowest} --> {highest}',
     ]
@@ -483,7 +484,7 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
     legend = " · ".join(
         f"{CHART_COLOURS[index][1]} {row.label}" for index, (row, _) in enumerate(series)
     )
-    total = len({id(row) for row in report.rows if row.meter == lifecycle.meter and row.cost})
+    total = len({id(row) for row in report.lifecycle_rows(lifecycle) if row.cost})
     if total > len(series):
         legend += f" ({len(series)} of {total} methods drawn)"
     lines += ["", legend]
@@ -564,19 +565,20 @@ def _render(report: Report, detail: Detail) -> str:
     if not report.rows:
         lines += ["No lifecycle test measured anything.", ""]
         return "\n".join(lines)
-    lines += ["### Results per family", ""]
     omitted = _omissions(report, detail)
+    tasks = report.tasks
+    if len(tasks) > 1:
+        lines += [
+            f"**{len(tasks)} tasks**, each compared within itself (its own reference, winners "
+            f"and break-even points): {', '.join(f'`{task}`' for task in tasks)}",
+            "",
+        ]
     if omitted:
         lines += [f"_Left out to stay under GitHub's comment limit: {omitted}._", ""]
-    others = report.families(report.other_rows)
-    for family, rows in report.families(report.main_rows).items():
-        lines += _family_section(family, rows, others.pop(family, []), report, detail)
-    for family, rows in others.items():
-        lines += _family_section(family, [], rows, report, detail)
-    lines += ["### Lifecycle: which method wins at which usage", ""]
-    for lifecycle in report.lifecycles:
-        if lifecycle.gating or detail.other_meters:
-            lines += _lifecycle_section(lifecycle, report, detail)
+    for task in tasks:
+        lines += _task_sections(report, detail, task, len(tasks) > 1)
+    if len(tasks) > 1:
+        lines += ["## Every task", ""]
     lines += _carbon_section(report, detail)
     lines += [
         "<sub>TEC: training energy (base training charged + compression + fine-tuning). "
@@ -587,6 +589,27 @@ def _render(report: Report, detail: Detail) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _task_words(lifecycle: MeterLifecycle, report: Report) -> str:
+    return f"Task {lifecycle.task}: " if len(report.tasks) > 1 else ""
+
+
+def _task_sections(report: Report, detail: Detail, task: str, several: bool) -> list[str]:
+    """One task's results per family and lifecycle view (under a heading of its own if several)."""
+    lines = [f"## Task `{task}`", ""] if several else []
+    lines += ["### Results per family", ""]
+    others = report.families([row for row in report.other_rows if row.task == task])
+    main = [row for row in report.main_rows if row.task == task]
+    for family, rows in report.families(main).items():
+        lines += _family_section(family, rows, others.pop(family, []), report, detail)
+    for family, rows in others.items():
+        lines += _family_section(family, [], rows, report, detail)
+    lines += ["### Lifecycle: which method wins at which usage", ""]
+    for lifecycle in report.lifecycles:
+        if lifecycle.task == task and (lifecycle.gating or detail.other_meters):
+            lines += _lifecycle_section(lifecycle, report, detail)
+    return lines
 
 
 def _truncate(text: str, max_chars: int) -> str:
