@@ -11,6 +11,7 @@ from typing import Any
 from pytest_energy.config import LifecycleSettings, parse_positive_int
 from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.latency import latency_summary
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
@@ -246,6 +247,7 @@ class EnergyFixture:
         record = lifecycle_result(
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
+        record["latency"] = latency_summary(record)
         for meter, view in record["meters"].items():
             if self.train_repeats:
                 view["train_repeats"] = {

@@ -346,6 +346,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             "TEC: training energy (base training charged + compression + fine-tuning); "
             "IEC: energy per inferred sample (median of rounds); E(MUI) = TEC + MUI × IEC"
         )
+        write(
+            "time / sample: wall-clock seconds per inferred sample, median of the rounds (IQR), "
+            "timed by a measured or estimated meter; samples/s = 1 / median; train time: TEC's work"
+        )
     else:
         write("no lifecycle test measured anything (use the `energy` fixture in a test)")
     for nodeid, result in energy_session.results.items():

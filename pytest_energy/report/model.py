@@ -22,6 +22,7 @@ from typing import Any
 
 from pytest_energy.carbon import CarbonIntensity, resolve_intensity
 from pytest_energy.errors import ConfigError, ReportError
+from pytest_energy.latency import latency_summary
 from pytest_energy.lifecycle import LifecycleCost, break_even_usage, pareto_front
 from pytest_energy.report.tasks import assign_tasks, parse_references, task_order
 
@@ -101,6 +102,8 @@ class Row:
     gating: bool = True
     task: str = ""
     """The task the row is compared within (``report.tasks``): dataset, lineage or label."""
+    latency: Mapping[str, Any] | None = None
+    """The test's time figures (``pytest_energy.latency.latency_summary``), None if untimed."""
 
     @property
     def verdict(self) -> str:
@@ -540,7 +543,14 @@ def build_report(
     gate = view.gate if view is not None and view.gate else default_gate(kinds)
     references = parse_references(reference)
     tasks = assign_tasks(tests, references)
-    rows = [replace(row, task=tasks[row.nodeid]) for row in result_rows(tests, view, gate)]
+    rows = [
+        replace(
+            row,
+            task=tasks[row.nodeid],
+            latency=tests[row.nodeid].get("latency") or latency_summary(tests[row.nodeid]),
+        )
+        for row in result_rows(tests, view, gate)
+    ]
     usage = _usage_columns(rows)
     documents = _baseline_documents(baseline)
     old_costs = _baseline_costs(documents)
