@@ -15,6 +15,7 @@ from pytest_energy.latency import latency_summary
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
+from pytest_energy.steps import StepRecorder
 
 
 class EnergyFixture:
@@ -32,6 +33,7 @@ class EnergyFixture:
         self.inference_record: InferenceRecord | None = None
         self._accuracy: float | None = None
         self._phase_names: set[str] = set()
+        self._steps: StepRecorder | None = None
         self.live = PhaseProgress(where)
         """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
         self.train_repeats: list[list[PhaseRecord]] = []
@@ -84,8 +86,13 @@ class EnergyFixture:
             if not self.enabled:
                 yield
                 return
-            with self._session.window(f"energy.train({phase!r})") as readings:
-                yield
+            try:
+                with self._session.window(f"energy.train({phase!r})") as readings:
+                    steps = self._steps = StepRecorder(self._session.meters)
+                    yield
+            finally:
+                self._steps = None
+        readings = steps.annotate(readings)  # energy per step and epoch from progress() calls
         self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
 
     def train_distributed(
@@ -129,7 +136,10 @@ class EnergyFixture:
         batches: int | None = None,
         **values: Any,
     ) -> None:
-        """Show training progress on the terminal; call it from a loop in ``energy.train()``.
+        """Mark a training step and show progress; call it from a loop in ``energy.train()``.
+
+        Each call closes one step: the phase's results get energy per step and per epoch
+        (``details["steps"]`` of each meter that can be read mid-window, see ``steps.py``).
 
         Shows ``epoch 2/10 · batch 37/391``, any other keyword as given (``loss=0.31``), the
         phase's elapsed time and, for meters that can be read mid-window, joules so far. Only
@@ -137,6 +147,8 @@ class EnergyFixture:
         second, so calling it every batch costs a clock read.
         """
         fields = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+        if self._steps is not None:
+            self._steps.mark(epoch)
         self.live.update(self._session.meters if self.enabled else None, {**fields, **values})
 
     def charge(self, charge: Charge) -> None:
