@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pytest_energy.breakdown import inference_breakdown
 from pytest_energy.config import LifecycleSettings, parse_positive_int
 from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
@@ -260,6 +261,7 @@ class EnergyFixture:
             self.settings, self.phases, self.inference_record, self._accuracy, outcome
         )
         record["latency"] = latency_summary(record)
+        self._add_breakdown(record)
         for meter, view in record["meters"].items():
             if self.train_repeats:
                 view["train_repeats"] = {
@@ -269,6 +271,18 @@ class EnergyFixture:
                     ]
                 }
         return record
+
+    def _add_breakdown(self, record: dict[str, Any]) -> None:
+        """``--energy-breakdown``: counted's inference per operator and module, per sample."""
+        inference = self.inference_record
+        view = record["meters"].get("counted", {}).get("inference")
+        if not self._session.meter_options.counted_breakdown or inference is None or not view:
+            return
+        rounds = inference.rounds.get("counted") or []
+        samples = inference.calls_per_round.get("counted", 1) * inference.samples_per_call
+        breakdown = inference_breakdown(rounds[0], samples) if rounds else None
+        if breakdown is not None:
+            view["breakdown"] = breakdown
 
     @property
     def measured_anything(self) -> bool:

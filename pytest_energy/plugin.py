@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_energy.breakdown import DEFAULT_TOP, check_breakdown
 from pytest_energy.config import (
     DEFAULT_ROUNDS,
     DEFAULT_TAU,
@@ -29,6 +30,7 @@ from pytest_energy.gate import RegressionGate
 from pytest_energy.gate import add_options as add_gate_options
 from pytest_energy.machine import machine_info
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
+from pytest_energy.report.breakdown import breakdown_report
 from pytest_energy.report.outputs import ReportWriter
 from pytest_energy.report.outputs import add_options as add_report_options
 from pytest_energy.report.terminal import summary_table
@@ -139,6 +141,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="under pytest-xdist, keep machine-wide meters (rapl; nvml without "
         f"{GPU_PER_WORKER_OPTION}) although each worker's readings include the others' tests",
     )
+    group.addoption(
+        "--energy-breakdown",
+        metavar="N",
+        nargs="?",
+        const=DEFAULT_TOP,
+        type=int,
+        default=None,
+        help=f"break counted inference energy down by operator and module: the JSON gets it "
+        f"per sample, the terminal the top N (default {DEFAULT_TOP}); needs the counted meter",
+    )
     parser.addini("energy_meter", "default for --energy-meter", default="auto")
     parser.addini("energy_usage", "default usage scenarios (MUI), e.g. 1e3 1e6 1e9", default="")
     parser.addini("energy_tau", "default τ for greenness", default="")
@@ -186,8 +198,11 @@ def _build_session(config: pytest.Config) -> EnergySession:
         cpu_watts_per_thread=float(cpu_watts) if cpu_watts is not None else None,
         rapl_root=config.getoption("--energy-rapl-root"),
         counted_energy_table=_counted_table(config.getoption("--energy-counted-table")),
+        counted_breakdown=config.getoption("--energy-breakdown") is not None,
     )
     selection = select_meters(meter_spec, options) if enabled else None
+    if selection is not None:
+        check_breakdown(config.getoption("--energy-breakdown"), selection.names)
     return EnergySession(
         enabled=enabled,
         selection=selection,
@@ -352,6 +367,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         )
     else:
         write("no lifecycle test measured anything (use the `energy` fixture in a test)")
+    top = config.getoption("--energy-breakdown")
+    if top is not None:
+        for line in breakdown_report(energy_session.results, top):
+            write(line)
     for nodeid, result in energy_session.results.items():
         for warning in result.get("warnings", []):
             write(f"warning: {nodeid}: {warning}", yellow=True)
