@@ -56,7 +56,8 @@ def latency_summary(record: Mapping[str, Any]) -> dict[str, Any] | None:
          "train_seconds": phases run by this test, "charged_seconds": charged work,
          "phase_seconds": {phase: seconds}}
 
-    ``seconds_per_sample`` and ``samples_per_second`` are absent when no inference was measured.
+    ``seconds_per_sample`` and ``samples_per_second`` are absent when no inference was measured,
+    the seconds of phases when no phase was timed.
     """
     meters = record.get("meters") or {}
     meter = timing_meter(meters)
@@ -64,12 +65,12 @@ def latency_summary(record: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     view = meters[meter]
     phases = view.get("phases") or []
-    summary: dict[str, Any] = {
-        "meter": meter,
-        "train_seconds": float(sum(p.get("seconds") or 0.0 for p in phases if not p["charged"])),
-        "charged_seconds": float(sum(p.get("seconds") or 0.0 for p in phases if p["charged"])),
-        "phase_seconds": {p["name"]: float(p.get("seconds") or 0.0) for p in phases},
-    }
+    timed = [phase for phase in phases if phase.get("seconds") is not None]
+    summary: dict[str, Any] = {"meter": meter}
+    if timed:
+        summary["train_seconds"] = float(sum(p["seconds"] for p in timed if not p["charged"]))
+        summary["charged_seconds"] = float(sum(p["seconds"] for p in timed if p["charged"]))
+        summary["phase_seconds"] = {p["name"]: float(p["seconds"]) for p in timed}
     inference = view.get("inference") or {}
     seconds = inference.get("seconds") or []
     samples_per_call = record.get("samples_per_call")

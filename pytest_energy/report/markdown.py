@@ -32,10 +32,10 @@ from pytest_energy.report.units import (
     column_unit,
     format_change,
     format_count,
-    format_energy,
     format_fraction,
     format_grams,
     format_in,
+    format_joules,
     format_latency,
     format_mui,
     format_rate,
@@ -397,7 +397,7 @@ def _lifecycle_section(lifecycle: MeterLifecycle, report: Report, detail: Detail
             [
                 format_mui(leaders.usage),
                 lowest.label if lowest else "—",
-                format_energy(joules),
+                format_joules(joules),  # joules as in the terminal; rows span usages, so per cell
                 format_grams(report.carbon.grams_co2e(joules)) if joules is not None else "—",
                 leaders.highest_greenness.label if leaders.highest_greenness else "—",
                 ", ".join(row.label for row in front) or "—",

@@ -92,9 +92,9 @@ def column_units(
 
 def train_seconds(latency: Mapping[str, Any]) -> float | None:
     """Wall-clock seconds of the work in TEC: the test's phases and the work charged to it."""
-    if not latency:
+    if not latency or "train_seconds" not in latency:
         return None
-    return float(latency.get("train_seconds", 0.0) + latency.get("charged_seconds", 0.0))
+    return float(latency["train_seconds"] + latency.get("charged_seconds", 0.0))
 
 
 def test_latency(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -137,7 +137,7 @@ def summary_rows(
                     ),
                     format_latency(latency, units.latency) if first else "",
                     format_rate(latency.get("samples_per_second")) if first else "",
-                    format_in(train_seconds(latency), units.train) if first and latency else "",
+                    format_in(train_seconds(latency), units.train) if first else "",
                 ]
             )
     return rows
