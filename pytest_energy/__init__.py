@@ -1,5 +1,6 @@
 """pytest-energy: full-cycle energy (training + inference) of deep-learning code as pytest tests."""
 
+from pytest_energy.api import Measurement, measure
 from pytest_energy.errors import (
     ConfigError,
     EnergyError,
@@ -14,10 +15,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "EnergyError",
+    "Measurement",
     "MeasurementError",
     "Meter",
     "MeterError",
     "MeterUnavailable",
     "Reading",
     "__version__",
+    "measure",
 ]

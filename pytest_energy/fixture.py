@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pytest_energy.breakdown import inference_breakdown
 from pytest_energy.config import LifecycleSettings, parse_positive_int
 from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.latency import latency_summary
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
+from pytest_energy.steps import StepRecorder
 
 GPU_METERS = frozenset({"nvml"})
 """Meters that read GPUs only: work placed on the CPU (``energy.inference(runs_on="cpu")``) is
@@ -40,6 +43,7 @@ class EnergyFixture:
         self.accuracy_interval: dict[str, float] | None = None
         """Optional confidence interval of ``accuracy``, e.g. ``{"low": 0.88, "high": 0.91,
         "confidence": 0.95, "samples": 1024}``; written to the result as ``accuracy_interval``."""
+        self._steps: StepRecorder | None = None
         self.live = PhaseProgress(where)
         """The progress line ``progress()`` draws on; the plugin attaches the terminal's."""
         self.train_repeats: list[list[PhaseRecord]] = []
@@ -114,8 +118,13 @@ class EnergyFixture:
             if not self.enabled:
                 yield
                 return
-            with self._session.window(f"energy.train({phase!r})") as readings:
-                yield
+            try:
+                with self._session.window(f"energy.train({phase!r})") as readings:
+                    steps = self._steps = StepRecorder(self._session.meters)
+                    yield
+            finally:
+                self._steps = None
+        readings = steps.annotate(readings)  # energy per step and epoch from progress() calls
         self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
 
     def train_distributed(
@@ -166,7 +175,10 @@ class EnergyFixture:
         batches: int | None = None,
         **values: Any,
     ) -> None:
-        """Show training progress on the terminal; call it from a loop in ``energy.train()``.
+        """Mark a training step and show progress; call it from a loop in ``energy.train()``.
+
+        Each call closes one step: the phase's results get energy per step and per epoch
+        (``details["steps"]`` of each meter that can be read mid-window, see ``steps.py``).
 
         Shows ``epoch 2/10 · batch 37/391``, any other keyword as given (``loss=0.31``), the
         phase's elapsed time and, for meters that can be read mid-window, joules so far. Only
@@ -174,6 +186,8 @@ class EnergyFixture:
         second, so calling it every batch costs a clock read.
         """
         fields = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+        if self._steps is not None:
+            self._steps.mark(epoch)
         self.live.update(self._session.meters if self.enabled else None, {**fields, **values})
 
     def charge(self, charge: Charge) -> None:
@@ -314,6 +328,8 @@ class EnergyFixture:
             *zero_inference_warnings(record),
             *self._uncounted_warnings(),
         ]
+        record["latency"] = latency_summary(record)
+        self._add_breakdown(record)
         for meter, view in record["meters"].items():
             if meter in self._not_measured:
                 view["inference_not_measured"] = self._not_measured[meter]
@@ -343,6 +359,18 @@ class EnergyFixture:
                 if reading.kind == "counted" and (warning := uncounted_warning(reading)):
                     lines.append(f"{reading.meter} {where}: {warning}")
         return lines
+
+    def _add_breakdown(self, record: dict[str, Any]) -> None:
+        """``--energy-breakdown``: counted's inference per operator and module, per sample."""
+        inference = self.inference_record
+        view = record["meters"].get("counted", {}).get("inference")
+        if not self._session.meter_options.counted_breakdown or inference is None or not view:
+            return
+        rounds = inference.rounds.get("counted") or []
+        samples = inference.calls_per_round.get("counted", 1) * inference.samples_per_call
+        breakdown = inference_breakdown(rounds[0], samples) if rounds else None
+        if breakdown is not None:
+            view["breakdown"] = breakdown
 
     @property
     def measured_anything(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_energy.breakdown import DEFAULT_TOP, check_breakdown
 from pytest_energy.config import (
     DEFAULT_ROUNDS,
     DEFAULT_TAU,
@@ -32,6 +33,7 @@ from pytest_energy.gate.plugin import add_options as add_gate_options
 from pytest_energy.machine import machine_info
 from pytest_energy.metadata import dirty_save_warning, run_metadata
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
+from pytest_energy.report.breakdown import breakdown_report
 from pytest_energy.report.outputs import ReportWriter
 from pytest_energy.report.outputs import add_options as add_report_options
 from pytest_energy.report.terminal import summary_table
@@ -148,6 +150,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="under pytest-xdist, keep machine-wide meters (rapl; nvml without "
         f"{GPU_PER_WORKER_OPTION}) although each worker's readings include the others' tests",
     )
+    group.addoption(
+        "--energy-breakdown",
+        metavar="N",
+        nargs="?",
+        const=DEFAULT_TOP,
+        type=int,
+        default=None,
+        help=f"break counted inference energy down by operator and module: the JSON gets it "
+        f"per sample, the terminal the top N (default {DEFAULT_TOP}); needs the counted meter",
+    )
     parser.addini("energy_meter", "default for --energy-meter", default="auto")
     parser.addini("energy_usage", "default usage scenarios (MUI), e.g. 1e3 1e6 1e9", default="")
     parser.addini("energy_tau", "default τ for greenness", default="")
@@ -195,8 +207,11 @@ def _build_session(config: pytest.Config) -> EnergySession:
         cpu_watts_per_thread=parse_cpu_watts(cpu_watts) if cpu_watts is not None else None,
         rapl_root=config.getoption("--energy-rapl-root"),
         counted_energy_table=_counted_table(config.getoption("--energy-counted-table")),
+        counted_breakdown=config.getoption("--energy-breakdown") is not None,
     )
     selection = select_meters(meter_spec, options) if enabled else None
+    if selection is not None:
+        check_breakdown(config.getoption("--energy-breakdown"), selection.names)
     return EnergySession(
         enabled=enabled,
         selection=selection,
@@ -379,15 +394,25 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         write(f"not used: {reason}")
     if energy_session.results:
         write("")
-        for line in summary_table(energy_session.results).splitlines():
+        gate = getattr(config.stash.get(GATE_KEY, None), "gate", None) or None
+        reference = config.getoption("--energy-reference", None)
+        for line in summary_table(energy_session.results, gate, reference).splitlines():
             write(line)
         write("")
         write(
             "TEC: training energy (base training charged + compression + fine-tuning); "
             "IEC: energy per inferred sample (median of rounds); E(MUI) = TEC + MUI × IEC"
         )
+        write(
+            "time / sample: wall-clock seconds per inferred sample, median of the rounds (IQR), "
+            "timed by a measured or estimated meter; samples/s = 1 / median; train time: TEC's work"
+        )
     else:
         write("no lifecycle test measured anything (use the `energy` fixture in a test)")
+    top = config.getoption("--energy-breakdown")
+    if top is not None:
+        for line in breakdown_report(energy_session.results, top):
+            write(line)
     for nodeid, result in energy_session.results.items():
         for warning in result.get("warnings", []):
             write(f"warning: {nodeid}: {warning}", yellow=True)

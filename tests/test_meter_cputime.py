@@ -1,12 +1,20 @@
 """The cputime meter: an estimate from the process's CPU seconds, labelled as such."""
 
+import json
+import subprocess
+import sys
+import time
+
 import pytest
 
 from pytest_energy.errors import ConfigError
 from pytest_energy.meters.cputime import (
     DEFAULT_WATTS_PER_THREAD,
+    ChildProcessClock,
     CpuTimeMeter,
+    children_cpu_seconds,
     lookup_tdp_watts,
+    match_tdp_watts,
     resolve_cpu_wattage,
 )
 
@@ -61,7 +69,7 @@ def test_an_unknown_cpu_falls_back_to_the_stated_default(monkeypatch):
     monkeypatch.setattr("pytest_energy.meters.cputime.cpu_model_name", lambda: "Imaginary CPU 9000")
     wattage = resolve_cpu_wattage()
     assert wattage.watts_per_thread == DEFAULT_WATTS_PER_THREAD
-    assert "not in codecarbon's CPU table" in wattage.source
+    assert "no exact model-number match in codecarbon's CPU table" in wattage.source
 
 
 def test_tdp_is_shared_among_the_hardware_threads(monkeypatch):
@@ -86,3 +94,110 @@ def test_an_open_window_can_be_peeked_at_without_closing_it():
     busy_work(100_000)
     final = meter.stop()
     assert 0 < so_far.joules < final.joules
+
+
+@pytest.mark.parametrize(
+    ("cpu_name", "expected"),
+    [
+        ("AMD EPYC 7B13", None),  # not the 7R13 (225 W): a different part, declined
+        ("AMD EPYC 9V74", None),  # not the 9754 (360 W)
+        ("AMD EPYC", None),  # no model number at all
+        ("Intel(R) Xeon(R) Processor", None),
+        ("AMD Ryzen 7 PRO 7840U w/ Radeon", (28.0, "amd ryzen 7 7840u")),  # as codecarbon
+        ("AMD Ryzen 7 PRO 7840U w/ Radeon 780M Graphics", (28.0, "amd ryzen 7 7840u")),
+        ("AMD EPYC 9754 128-Core Processor", (360.0, "amd epyc 9754")),  # not the 9754S
+        ("Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz", (145.0, "intel xeon e5-2686 v4")),
+    ],
+)
+def test_the_tdp_lookup_matches_the_model_number_exactly_or_declines(cpu_name, expected):
+    assert lookup_tdp_watts(cpu_name) == expected
+
+
+def test_candidates_that_disagree_on_the_tdp_make_the_lookup_decline():
+    table = {"acme chip 100": 10.0, "acme chip 100 pro": 20.0, "acme chip 200": 30.0}
+    assert match_tdp_watts("ACME Chip 100", table) == (10.0, "acme chip 100")  # exact name
+    assert match_tdp_watts("ACME 100", table) is None  # two candidates, 10 W or 20 W
+    assert match_tdp_watts("ACME Chip 100 Pro w/ Graphics", table) == (20.0, "acme chip 100 pro")
+
+
+def test_children_count_for_their_time_inside_the_window_only():
+    a, b, c = (1, 1.0), (2, 2.0), (3, 3.0)
+    at_start = {a: 5.0, b: 1.0}  # a keeps running, b ends and is waited for in the window
+    at_stop = {a: 7.0, c: 0.5}  # c is born in the window
+    # the waited-children clock grows by b's whole life (1.0 before + 0.25 inside)
+    assert children_cpu_seconds(at_start, 10.0, at_stop, 11.25) == pytest.approx(2.0 + 0.5 + 0.25)
+    assert children_cpu_seconds({a: 5.0}, 0.0, {}, 0.0) == 0.0  # never negative
+
+
+CHILD_BURNS_CPU = "import time\nwhile time.process_time() < {seconds}:\n    pass\n"
+
+
+def test_a_child_process_working_in_the_window_is_counted_and_said_so():
+    meter = CpuTimeMeter(watts_per_thread=10.0)
+    alive = subprocess.Popen([sys.executable, "-c", CHILD_BURNS_CPU.format(seconds=0.4)])
+    meter.start()
+    short = subprocess.run([sys.executable, "-c", CHILD_BURNS_CPU.format(seconds=0.3)])
+    alive.wait()
+    reading = meter.stop()
+
+    assert short.returncode == 0
+    children = reading.details["children"]
+    assert children["source"] in ("/proc", "psutil")
+    assert children["processes_at_edges"] >= 1
+    assert children["cpu_seconds"] >= 0.25  # at least the short child, started and ended inside
+    assert reading.joules_by_domain["children"] == pytest.approx(10.0 * children["cpu_seconds"])
+    assert reading.details["cpu_seconds"] == pytest.approx(
+        children["cpu_seconds"] + reading.joules_by_domain["process"] / 10.0
+    )
+
+
+def test_children_can_be_left_out_and_the_reading_says_so():
+    reading = measure(CpuTimeMeter(watts_per_thread=1.0, count_children=False), 1000)
+    assert reading.details["children"] == "not counted (count_children=False)"
+    assert set(reading.joules_by_domain) == {"process"}
+
+
+def test_the_proc_clock_finds_a_living_child_with_its_cpu_time():
+    clock = ChildProcessClock()
+    if clock.source != "/proc":
+        pytest.skip("no /proc here")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_BURNS_CPU.format(seconds=0.2) + "time.sleep(5)\n"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            snapshot = clock.snapshot()
+            mine = [seconds for (pid, _), seconds in snapshot.items() if pid == child.pid]
+            if mine and mine[0] >= 0.15:
+                break
+            time.sleep(0.05)
+        assert mine and mine[0] >= 0.15
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_training_phase_that_runs_a_worker_process_is_charged_for_it(pytester):
+    pytester.makepyfile(
+        test_worker="""
+        import subprocess, sys
+
+        BURN = "import time\\nwhile time.process_time() < 0.3:\\n    pass\\n"
+
+        def test_train_with_a_worker(energy):
+            with energy.train("preprocess"):
+                subprocess.run([sys.executable, "-c", BURN], check=True)
+        """
+    )
+    result = pytester.runpytest(
+        "--energy", "--energy-meter", "cputime", "--energy-cpu-watts", "10",
+        "--energy-json", "out.json",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    document = json.loads((pytester.path / "out.json").read_text())
+    (phase,) = document["tests"]["test_worker.py::test_train_with_a_worker"]["meters"]["cputime"][
+        "phases"
+    ]
+    assert phase["details"]["children"]["cpu_seconds"] >= 0.25
+    assert phase["joules_by_domain"]["children"] >= 2.5

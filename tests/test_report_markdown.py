@@ -107,19 +107,20 @@ def test_changes_are_given_per_figure_and_regressed_ones_are_bold(regressed_run)
     # +17.6 %; at 1e9 the TEC change is drowned: 501200 → 501500 J, +0.1 %, unchanged.
     assert "**1.5 kJ (+25.0 %)**" in fpgm
     assert "**2 kJ (+17.6 %)**" in fpgm
-    assert "502 kJ (+0.1 %)" in fpgm and "**502 kJ" not in fpgm
+    assert "0.501 MJ (+0.1 %)" in fpgm and "**0.501 MJ" not in fpgm  # one unit per column
     assert fpgm.endswith("🔴 regressed |")
 
 
 def test_figures_are_scaled_and_labelled_with_their_meter_kind() -> None:
     markdown = render_markdown(paper_results())
     int8 = next(line for line in markdown.splitlines() if line.startswith("| int8 |"))
-    # TEC 1100 J; IEC 0.25 mJ per sample; E(1e9) = 1100 + 1e9 × 2.5e-4 = 251,100 J.
-    assert "| `counted` (counted) | 1.1 kJ | 250 µJ | 1.1 kJ | 1.35 kJ | 251 kJ |" in int8
+    # TEC 1100 J; IEC 0.25 mJ per sample; E(1e9) = 1100 + 1e9 × 2.5e-4 = 251,100 J. One unit
+    # per column, from the column's largest figure (another method's IEC is in mJ, E in MJ).
+    assert "| `counted` (counted) | 1.1 kJ | 0.25 mJ | 1.1 kJ | 1.35 kJ | 0.251 MJ |" in int8
     big = results_document({"t::big": lifecycle_record("big", 7.2e6, 0.036)})
     row = next(line for line in render_markdown(big).splitlines() if line.startswith("| big |"))
-    # 7.2 MJ is 2 kWh; E(1e9) = 7.2e6 + 3.6e7 J = 4.32e7 J = 12 kWh; IEC 36 mJ.
-    assert "| 2 kWh | 36 mJ |" in row and "| 12 kWh |" in row
+    # E(1e9) = 7.2e6 + 3.6e7 J = 43.2 MJ; IEC 36 mJ: joules, as in the terminal (not kWh).
+    assert "| 7.2 MJ | 36 mJ |" in row and "| 43.2 MJ |" in row
 
 
 def test_the_environment_names_meters_kinds_hardware_baseline_and_carbon(regressed_run) -> None:

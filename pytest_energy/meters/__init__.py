@@ -44,6 +44,8 @@ class MeterOptions:
     cpu_watts_per_thread: float | None = None
     rapl_root: str = "/sys/class/powercap"
     counted_energy_table: dict[str, float] | None = None
+    counted_breakdown: bool = False
+    """``--energy-breakdown``: ask counted for per-operator and per-module figures."""
 
     def constructor_kwargs(self, name: str) -> dict[str, Any]:
         if name == "cputime":
@@ -51,7 +53,13 @@ class MeterOptions:
         if name == "rapl":
             return {"root": self.rapl_root}
         if name == "counted":
-            return {"energy_table": self.counted_energy_table}
+            kwargs: dict[str, Any] = {"energy_table": self.counted_energy_table}
+            if self.counted_breakdown:
+                from pytest_energy.breakdown import counted_accepts_breakdown
+
+                if counted_accepts_breakdown(meter_class("counted")):
+                    kwargs["breakdown"] = True
+            return kwargs
         return {}
 
     def probe_kwargs(self, name: str) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""Estimated energy from the process's CPU time: CPU seconds × watts per hardware thread.
+"""Estimated energy from CPU time: CPU seconds × watts per hardware thread.
+
+The CPU seconds are this process's (all threads) plus those of its child processes (DataLoader
+workers, subprocesses), as codecarbon's process mode counts them: a child alive at a window's
+edge counts for its CPU time inside the window, and a child that ended and was waited for in
+the window counts through the kernel's children clock. Children come from ``/proc`` on Linux,
+else from psutil when it is installed; the reading's ``details`` say how many and from where.
 
 The wattage comes, in order, from ``--energy-cpu-watts`` (watts per hardware thread), from
 the CPU's TDP in codecarbon's CPU table divided by the machine's hardware threads, or from a
@@ -9,8 +15,8 @@ measurement.
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
+import importlib.util
 import io
 import os
 import platform
@@ -27,7 +33,8 @@ DEFAULT_WATTS_PER_THREAD = 4.0
 """codecarbon's own fallback (``DEFAULT_POWER_PER_CORE``) when a CPU is not in its table."""
 
 _NOISE_IN_CPU_NAMES = re.compile(
-    r"\(r\)|\(tm\)|\bcpu\b|@.*$|\d+-core processor|processor|with radeon.*$", re.IGNORECASE
+    r"\(r\)|\(tm\)|\bcpu\b|@.*$|\d+-core processor|processor|\bw/.*$|with radeon.*$",
+    re.IGNORECASE,
 )
 
 
@@ -57,6 +64,11 @@ def _normalise(cpu_name: str) -> str:
     return " ".join(_NOISE_IN_CPU_NAMES.sub(" ", cpu_name).lower().split())
 
 
+def _model_numbers(tokens: frozenset[str]) -> frozenset[str]:
+    """The tokens of a CPU name that carry a digit: the model number and the series (7840u, 7)."""
+    return frozenset(token for token in tokens if any(char.isdigit() for char in token))
+
+
 @functools.lru_cache(maxsize=1)
 def _codecarbon_tdp_table() -> dict[str, float]:
     """codecarbon's bundled CPU table, normalised name -> TDP in watts.
@@ -79,18 +91,41 @@ def _codecarbon_tdp_table() -> dict[str, float]:
     return table
 
 
-def lookup_tdp_watts(cpu_name: str) -> tuple[float, str] | None:
-    """The TDP of ``cpu_name`` in codecarbon's table and the table name it matched, if any."""
-    table = _codecarbon_tdp_table()
+def match_tdp_watts(cpu_name: str, table: dict[str, float]) -> tuple[float, str] | None:
+    """The TDP of ``cpu_name`` in ``table`` (normalised name -> watts) and the name it matched.
+
+    A match is the same name once vendor marks, clock speed, core count and the integrated
+    graphics are dropped, or else a table name whose words are all in the CPU's name (or the
+    other way round) with exactly the same model-number words: "AMD Ryzen 7 PRO 7840U w/
+    Radeon" is "AMD Ryzen 7 7840U", but "AMD EPYC 7B13" is not "AMD EPYC 7R13" and a name
+    without a model number ("AMD EPYC") matches nothing. When the candidates disagree on the
+    TDP the lookup declines: a wrong wattage is worse than the stated default.
+    """
     wanted = _normalise(cpu_name)
     if not wanted or not table:
         return None
     if wanted in table:
         return table[wanted], wanted
-    close = difflib.get_close_matches(wanted, list(table), n=1, cutoff=0.92)
-    if close:
-        return table[close[0]], close[0]
-    return None
+    tokens = frozenset(wanted.split())
+    numbers = _model_numbers(tokens)
+    if not numbers:
+        return None
+    candidates = []
+    for name, watts in table.items():
+        name_tokens = frozenset(name.split())
+        if _model_numbers(name_tokens) != numbers:
+            continue
+        if name_tokens <= tokens or tokens <= name_tokens:
+            candidates.append((name, watts))
+    if not candidates or len({watts for _, watts in candidates}) != 1:
+        return None
+    name, watts = min(candidates)
+    return watts, name
+
+
+def lookup_tdp_watts(cpu_name: str) -> tuple[float, str] | None:
+    """The TDP of ``cpu_name`` in codecarbon's table and the table name it matched, if any."""
+    return match_tdp_watts(cpu_name, _codecarbon_tdp_table())
 
 
 def resolve_cpu_wattage(watts_per_thread: float | None = None) -> CpuWattage:
@@ -116,32 +151,162 @@ def resolve_cpu_wattage(watts_per_thread: float | None = None) -> CpuWattage:
         )
     return CpuWattage(
         DEFAULT_WATTS_PER_THREAD,
-        f"default {DEFAULT_WATTS_PER_THREAD:g} W per thread ({cpu_model!r} is not in "
-        f"codecarbon's CPU table; set --energy-cpu-watts for a better estimate)",
+        f"default {DEFAULT_WATTS_PER_THREAD:g} W per thread ({cpu_model!r} has no exact "
+        f"model-number match in codecarbon's CPU table; set --energy-cpu-watts for a better "
+        f"estimate)",
         cpu_model,
         hardware_threads,
     )
 
 
-class CpuTimeMeter(Meter):
-    """CPU seconds of this process, all threads, times watts per hardware thread.
+ProcessKey = tuple[int, float]
+"""A process: its pid and its start time (a pid alone can be reused)."""
 
-    Counts only this process: work in child processes (e.g. DataLoader workers) and idle or
-    uncore power are not in the figure. The figure is an estimate and is labelled so.
+
+def _proc_children(pid: int, proc_root: str) -> list[int]:
+    """Direct children of ``pid`` from ``/proc/<pid>/task/*/children`` (Linux 3.5+)."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"{proc_root}/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            with open(f"{proc_root}/{pid}/task/{task}/children", encoding="ascii") as stream:
+                children.extend(int(child) for child in stream.read().split())
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def _proc_cpu_seconds(pid: int, proc_root: str) -> tuple[ProcessKey, float] | None:
+    """(pid, start time) and CPU seconds of ``pid`` from ``/proc/<pid>/stat``.
+
+    CPU seconds are the process's own user + system time plus that of its children it has
+    waited for (fields 14-17), so a grandchild's time is not lost when it ends.
+    """
+    try:
+        with open(f"{proc_root}/{pid}/stat", encoding="ascii", errors="replace") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    try:
+        ticks = sum(int(value) for value in fields[11:15])
+        start = float(fields[19])
+    except (IndexError, ValueError):
+        return None
+    return (pid, start), ticks / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class ChildProcessClock:
+    """CPU seconds of this process's descendants, read at a window's edges.
+
+    ``source`` is ``/proc``, ``psutil`` or ``None`` (neither: children cannot be seen, said so
+    in the reading's details).
+    """
+
+    def __init__(self, proc_root: str = "/proc", pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.proc_root = proc_root
+        if os.path.isdir(f"{proc_root}/{self.pid}/task"):
+            self.source: str | None = proc_root
+        elif importlib.util.find_spec("psutil") is not None:
+            self.source = "psutil"
+        else:
+            self.source = None
+
+    def snapshot(self) -> dict[ProcessKey, float]:
+        """CPU seconds of every living descendant, keyed by (pid, start time)."""
+        if self.source == "psutil":
+            return self._psutil_snapshot()
+        if self.source is None:
+            return {}
+        times: dict[ProcessKey, float] = {}
+        pending = _proc_children(self.pid, self.proc_root)
+        while pending:
+            child = pending.pop()
+            figure = _proc_cpu_seconds(child, self.proc_root)
+            if figure is not None and figure[0] not in times:
+                times[figure[0]] = figure[1]
+                pending.extend(_proc_children(child, self.proc_root))
+        return times
+
+    def _psutil_snapshot(self) -> dict[ProcessKey, float]:
+        import psutil
+
+        times: dict[ProcessKey, float] = {}
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return times
+        for child in children:
+            try:
+                with child.oneshot():
+                    cpu = child.cpu_times()
+                    key = (child.pid, child.create_time())
+                seconds = cpu.user + cpu.system
+                seconds += getattr(cpu, "children_user", 0.0) + getattr(cpu, "children_system", 0.0)
+                times[key] = seconds
+            except psutil.Error:
+                continue
+        return times
+
+
+def waited_children_cpu_seconds() -> float:
+    """CPU seconds of the children this process has waited for (the kernel's children clock)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def children_cpu_seconds(
+    at_start: dict[ProcessKey, float],
+    waited_at_start: float,
+    at_stop: dict[ProcessKey, float],
+    waited_at_stop: float,
+) -> float:
+    """CPU seconds the descendants spent inside a window, from snapshots at its edges.
+
+    A child alive at both edges counts its difference, one born in the window all its time.
+    A child that ended in the window and was waited for moved its whole life into the waited
+    clock: its time before the window (from the start snapshot) is taken off again. Never
+    negative (a child reparented away before being waited for takes its time with it).
+    """
+    living = sum(seconds - at_start.get(key, 0.0) for key, seconds in at_stop.items())
+    ended_before = sum(seconds for key, seconds in at_start.items() if key not in at_stop)
+    return max(0.0, living + (waited_at_stop - waited_at_start) - ended_before)
+
+
+class CpuTimeMeter(Meter):
+    """CPU seconds of this process (all threads) and its children, times watts per thread.
+
+    Idle and uncore power are not in the figure. The figure is an estimate and is labelled so.
+    ``count_children=False`` counts this process alone.
     """
 
     name = "cputime"
     kind = "estimated"
     min_window_seconds = 0.01
 
-    def __init__(self, watts_per_thread: float | None = None) -> None:
+    def __init__(
+        self,
+        watts_per_thread: float | None = None,
+        count_children: bool = True,
+        children: ChildProcessClock | None = None,
+    ) -> None:
         self.wattage = resolve_cpu_wattage(watts_per_thread)
         self._details = {
             "watts_per_thread": self.wattage.watts_per_thread,
             "watts_source": self.wattage.source,
         }
+        self.children = (children or ChildProcessClock()) if count_children else None
         self._start_cpu_seconds = 0.0
         self._start_wall_seconds = 0.0
+        self._start_children: dict[ProcessKey, float] = {}
+        self._start_waited_seconds = 0.0
 
     @classmethod
     def unavailable_reason(cls, **options: Any) -> str | None:
@@ -152,6 +317,9 @@ class CpuTimeMeter(Meter):
         return None
 
     def start(self) -> None:
+        if self.children is not None:
+            self._start_children = self.children.snapshot()
+            self._start_waited_seconds = waited_children_cpu_seconds()
         self._start_wall_seconds = time.perf_counter()
         self._start_cpu_seconds = time.process_time()
 
@@ -162,12 +330,36 @@ class CpuTimeMeter(Meter):
         """The open window so far, leaving it open (for progress lines during training)."""
         cpu_seconds = time.process_time() - self._start_cpu_seconds
         wall_seconds = time.perf_counter() - self._start_wall_seconds
+        watts = self.wattage.watts_per_thread
+        joules_by_domain = {"process": cpu_seconds * watts}
+        details: dict[str, Any] = {**self._details, "cpu_seconds": cpu_seconds}
+        if self.children is None:
+            details["children"] = "not counted (count_children=False)"
+        elif self.children.source is None:
+            details["children"] = "not counted (no /proc and psutil is not installed)"
+        else:
+            at_stop = self.children.snapshot()
+            child_seconds = children_cpu_seconds(
+                self._start_children,
+                self._start_waited_seconds,
+                at_stop,
+                waited_children_cpu_seconds(),
+            )
+            seen = set(self._start_children) | set(at_stop)
+            details["children"] = {
+                "cpu_seconds": child_seconds,
+                "processes_at_edges": len(seen),
+                "source": self.children.source,
+            }
+            details["cpu_seconds"] = cpu_seconds + child_seconds
+            if seen or child_seconds:
+                joules_by_domain["children"] = child_seconds * watts
         return Reading(
             meter=self.name,
             kind=self.kind,
             seconds=wall_seconds,
-            joules_by_domain={"process": cpu_seconds * self.wattage.watts_per_thread},
-            details={**self._details, "cpu_seconds": cpu_seconds},
+            joules_by_domain=joules_by_domain,
+            details=details,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -11,6 +11,12 @@ resolve, an empty value hides every GPU), and domains are named ``gpu:0``, ``gpu
 visible order. Indices are taken in NVML's order (PCI bus order), which is CUDA's order when
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; on a machine with mixed GPU models, set it or use UUIDs.
 
+A GPU in MIG mode (Multi-Instance GPU) keeps one energy counter and one power reading for the
+whole card, shared by every instance on it: NVML cannot measure one instance. The meter refuses
+such a GPU, and a ``MIG-`` instance in ``CUDA_VISIBLE_DEVICES``, naming the GPU and the reason;
+``NvmlMeter(whole_gpu_under_mig=True)`` measures the whole card knowingly and says so in every
+reading's ``details["mig"]``.
+
 When the process has already imported torch and initialised CUDA, every measured GPU is
 synchronised at both window edges, so kernels queued inside the window are charged to it.
 """
@@ -39,6 +45,7 @@ _NVML_ERROR_DRIVER_NOT_LOADED = 9
 _NVML_ERROR_NO_PERMISSION = 4
 _NVML_DEVICE_ARCH_VOLTA = 5
 _NVML_DEVICE_ARCH_UNKNOWN = 0xFFFFFFFF
+_NVML_DEVICE_MIG_ENABLE = 1
 
 
 def visible_nvml_indices(cuda_visible_devices: str | None, uuids: list[str]) -> list[int]:
@@ -183,7 +190,8 @@ class NvmlMeter(Meter):
 
     - ``method``: domain → ``energy-counter`` or ``power-polling``;
     - ``gpus``: domain → ``{"name", "uuid", "nvml_index"}``;
-    - ``power_samples``: domain → number of power samples integrated (power-polling GPUs only).
+    - ``power_samples``: domain → number of power samples integrated (power-polling GPUs only);
+    - ``mig``: domain → what was measured on a MIG-mode GPU (only with ``whole_gpu_under_mig``).
     """
 
     name: ClassVar[str] = "nvml"
@@ -191,9 +199,16 @@ class NvmlMeter(Meter):
     min_window_seconds: ClassVar[float] = 1.0
     scope: ClassVar[MeterScope] = "device"
 
-    def __init__(self, nvml: ModuleType | None = None, poll_interval_seconds: float = 0.02) -> None:
+    def __init__(
+        self,
+        nvml: ModuleType | None = None,
+        poll_interval_seconds: float = 0.02,
+        whole_gpu_under_mig: bool = False,
+    ) -> None:
         if poll_interval_seconds <= 0:
             raise ValueError(f"poll_interval_seconds must be positive, not {poll_interval_seconds}")
+        self.whole_gpu_under_mig = whole_gpu_under_mig
+        self.mig: dict[str, str] = {}
         self._nvml = _import_pynvml() if nvml is None else nvml
         self.poll_interval_seconds = poll_interval_seconds
         self._initialised = False
@@ -238,6 +253,7 @@ class NvmlMeter(Meter):
         except nvml.NVMLError as error:
             raise MeterUnavailable(f"nvml: listing GPUs failed: {error}") from None
         cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._refuse_mig_instances(cuda_visible_devices, handles)
         indices = visible_nvml_indices(cuda_visible_devices, uuids)
         if not indices:
             if count and cuda_visible_devices is not None:
@@ -253,6 +269,7 @@ class NvmlMeter(Meter):
                 name = _text(nvml.nvmlDeviceGetName(handle))
             except nvml.NVMLError:
                 name = "unknown"
+            self._check_mig_mode(handle, f"gpu:{cuda_index}", name, nvml_index)
             gpus.append(
                 NvmlGpu(
                     domain=f"gpu:{cuda_index}",
@@ -264,6 +281,65 @@ class NvmlMeter(Meter):
                 )
             )
         return gpus
+
+    def _mig_instance_uuids(self, handle: Any) -> list[str]:
+        """UUIDs (``MIG-...``) of the MIG instances on one GPU; empty where NVML cannot say."""
+        nvml = self._nvml
+        try:
+            slots = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except (nvml.NVMLError, AttributeError):
+            return []
+        uuids = []
+        for slot in range(slots):
+            try:
+                instance = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+                uuids.append(_text(nvml.nvmlDeviceGetUUID(instance)))
+            except nvml.NVMLError:
+                continue  # an empty slot
+        return uuids
+
+    def _refuse_mig_instances(self, cuda_visible_devices: str | None, handles: list[Any]) -> None:
+        """A ``MIG-`` entry in ``CUDA_VISIBLE_DEVICES`` cannot be measured: name its GPU."""
+        entries = [entry.strip() for entry in (cuda_visible_devices or "").split(",")]
+        instance = next((entry for entry in entries if entry.lower().startswith("mig-")), None)
+        if instance is None:
+            return
+        where = ""
+        for nvml_index, handle in enumerate(handles):
+            if any(uuid.lower() == instance.lower() for uuid in self._mig_instance_uuids(handle)):
+                try:
+                    name = _text(self._nvml.nvmlDeviceGetName(handle))
+                except self._nvml.NVMLError:
+                    name = "unknown"
+                where = f" on GPU {nvml_index} ({name})"
+                break
+        raise MeterUnavailable(
+            f"nvml: CUDA_VISIBLE_DEVICES names MIG instance {instance}{where}; NVML reads energy "
+            f"and power only for the whole GPU, shared by all its instances, so one instance "
+            f"cannot be measured (use a whole GPU, or the cputime/counted meters)"
+        )
+
+    def _check_mig_mode(self, handle: Any, domain: str, name: str, nvml_index: int) -> None:
+        """Refuse a GPU in MIG mode, or note that the whole card is measured when allowed."""
+        nvml = self._nvml
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        except (nvml.NVMLError, AttributeError):
+            return  # no MIG support on this GPU or in this pynvml: a whole GPU
+        if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", _NVML_DEVICE_MIG_ENABLE):
+            return
+        instances = len(self._mig_instance_uuids(handle))
+        if not self.whole_gpu_under_mig:
+            raise MeterUnavailable(
+                f"nvml: {domain} ({name}) is in MIG mode with {instances} instance(s): its energy "
+                f"counter covers the whole GPU, so every instance's work would be charged to this "
+                f"process; disable MIG (nvidia-smi -i {nvml_index} -mig 0) or measure the whole "
+                f"card knowingly with NvmlMeter(whole_gpu_under_mig=True)"
+            )
+        self.mig[domain] = (
+            f"MIG mode with {instances} instance(s): the whole GPU is measured, "
+            f"the other instances' work included"
+        )
 
     def _choose_method(self, handle: Any, domain: str) -> str:
         """The energy counter on Volta and newer where it answers, else power polling."""
@@ -358,6 +434,7 @@ class NvmlMeter(Meter):
                     for gpu in self.gpus
                 },
                 "power_samples": {gpu.domain: len(samples) for gpu in self._polled_gpus},
+                **({"mig": dict(self.mig)} if self.mig else {}),
             },
         )
 
@@ -375,6 +452,7 @@ class NvmlMeter(Meter):
                 for gpu in self.gpus
             },
             "poll_interval_seconds": self.poll_interval_seconds,
+            **({"mig": dict(self.mig)} if self.mig else {}),
         }
 
     def close(self) -> None:

@@ -64,10 +64,7 @@ LEGEND_WIDTH_INCHES = 3.6
 
 def _legend_outside(report: Report) -> bool:
     methods_per_meter = max(
-        (
-            sum(row.meter == lifecycle.meter for row in report.rows)
-            for lifecycle in report.lifecycles
-        ),
+        (len(report.lifecycle_rows(lifecycle)) for lifecycle in report.lifecycles),
         default=0,
     )
     return methods_per_meter > LEGEND_INSIDE_MAX_METHODS
@@ -94,6 +91,11 @@ def _log_range(values: Sequence[float]) -> tuple[float, float]:
     if high <= low:
         high = low + 1
     return 10.0**low, 10.0**high
+
+
+def _task_prefix(lifecycle: MeterLifecycle, report: Report) -> str:
+    """``"Task cifar10 — "`` when the run has several tasks (each row of panels is one task)."""
+    return f"Task {lifecycle.task} — " if len(report.tasks) > 1 else ""
 
 
 def _line_label(row: Row) -> str:
@@ -203,7 +205,9 @@ def _draw_full_cycle(
     axes.set_xlim(low, high)
     axes.set_xlabel("MUI: inferences over the model's life")
     axes.set_ylabel(f"E(MUI) = TEC + MUI × IEC  [J, {lifecycle.kind}]")
-    axes.set_title(f"Full-cycle energy — {lifecycle.meter} ({lifecycle.kind})")
+    axes.set_title(
+        f"{_task_prefix(lifecycle, report)}Full-cycle energy — {lifecycle.meter} ({lifecycle.kind})"
+    )
     axes.grid(True, which="major", linewidth=0.5, alpha=0.5)
     axes.legend(fontsize=8, loc="upper left")
 
@@ -248,7 +252,11 @@ def _draw_pareto(
     axes.plot([], [], color="0.4", linestyle=":", label="Pareto front per usage")
     axes.set_xlabel(f"E(MUI)  [J, {lifecycle.kind}]")
     axes.set_ylabel("accuracy  [%]")
-    axes.set_title("Accuracy against full-cycle energy (colours as on the left)")
+    axes.set_title(
+        f"{_task_prefix(lifecycle, report)}Accuracy against E(MUI) (colours as on the left)"
+        if len(report.tasks) > 1
+        else "Accuracy against full-cycle energy (colours as on the left)"
+    )
     axes.grid(True, which="major", linewidth=0.5, alpha=0.5)
     axes.legend(fontsize=8, loc="best")
 
@@ -267,10 +275,10 @@ def draw_report(report: Report) -> Any:
         axes.text(0.5, 0.5, "no lifecycle result measured", ha="center", va="center")
         axes.set_axis_off()
         return figure
-    palette = colormaps["tab10" if len(report.rows) <= 10 else "tab20"]
     grid = figure.subplots(len(lifecycles), 2, squeeze=False)
     for line, lifecycle in enumerate(lifecycles):
-        rows = [row for row in report.rows if row.meter == lifecycle.meter]
+        rows = report.lifecycle_rows(lifecycle)
+        palette = colormaps["tab10" if len(rows) <= 10 else "tab20"]
         rows.sort(key=lambda row: (row.family, row.method, row.model))
         colours = {id(row): palette(index % palette.N) for index, row in enumerate(rows)}
         _draw_full_cycle(grid[line][0], lifecycle, rows, report, colours)

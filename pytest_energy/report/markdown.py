@@ -29,13 +29,17 @@ from pytest_energy.report.model import (
     build_report,
 )
 from pytest_energy.report.units import (
+    column_unit,
     format_change,
     format_count,
-    format_energy,
     format_fraction,
     format_grams,
+    format_in,
     format_joules,
+    format_latency,
     format_mui,
+    format_rate,
+    seconds_unit,
 )
 
 MARKER = "<!-- pytest-energy -->"
@@ -238,11 +242,31 @@ def _baseline_text(report: Report) -> str:
 # --- result tables --------------------------------------------------------------------------
 
 
-def _energy_cell(row: Row, usage: float) -> str:
+@dataclass(frozen=True)
+class RowUnits:
+    """One unit per energy column of a task's tables, as the terminal chooses them."""
+
+    tec: tuple[float, str]
+    iec: tuple[float, str]
+    full_cycle: Mapping[float, tuple[float, str]]
+
+
+def row_units(rows: Sequence[Row], usage: Sequence[float]) -> RowUnits:
+    """Units chosen from every row of a task (all meters), like ``terminal.column_units``."""
+    return RowUnits(
+        tec=column_unit(row.tec_joules for row in rows),
+        iec=column_unit(row.iec_joules_per_sample for row in rows),
+        full_cycle={
+            mui: column_unit(row.full_cycle_joules.get(mui) for row in rows) for mui in usage
+        },
+    )
+
+
+def _energy_cell(row: Row, usage: float, units: RowUnits) -> str:
     joules = row.full_cycle_joules.get(usage)
     if usage not in row.full_cycle_joules:
         return ""
-    return _figure_cell(format_energy(joules), row.change(usage))
+    return _figure_cell(format_in(joules, units.full_cycle[usage]), row.change(usage))
 
 
 def _figure_cell(text: str, change: UsageChange | None) -> str:
@@ -252,18 +276,19 @@ def _figure_cell(text: str, change: UsageChange | None) -> str:
     return f"**{text}**" if change.verdict == "regressed" else text
 
 
-def _row_cells(row: Row, usage: Sequence[float]) -> list[str]:
+def _row_cells(row: Row, usage: Sequence[float], units: RowUnits | None = None) -> list[str]:
     verdict = VERDICT_LABELS.get(row.verdict, row.verdict)
     if row.comparison.note:
         verdict += f": {row.comparison.note}"
+    units = units or row_units([row], usage)
     return [
         row.method,
         row.model,
         format_fraction(row.accuracy),
         f"`{row.meter}` ({row.kind})",
-        _figure_cell(format_energy(row.tec_joules), row.comparison.tec),
-        _figure_cell(format_joules(row.iec_joules_per_sample), row.comparison.iec),
-        *(_energy_cell(row, mui) for mui in usage),
+        _figure_cell(format_in(row.tec_joules, units.tec), row.comparison.tec),
+        _figure_cell(format_in(row.iec_joules_per_sample, units.iec), row.comparison.iec),
+        *(_energy_cell(row, mui, units) for mui in usage),
         verdict,
     ]
 
@@ -290,7 +315,9 @@ def _limited(rows: Sequence[Row], limit: int | None) -> tuple[Sequence[Row], int
 
 def _rows_table(rows: Sequence[Row], report: Report, limit: int | None, what: str) -> list[str]:
     shown, hidden = _limited(rows, limit)
-    lines = _table(_row_headers(report), (_row_cells(row, report.usage) for row in shown))
+    tasks = {row.task for row in rows}
+    units = row_units([row for row in report.rows if row.task in tasks], report.usage)
+    lines = _table(_row_headers(report), (_row_cells(row, report.usage, units) for row in shown))
     if hidden:
         lines += ["", f"_… {hidden} more {what} not shown here: see the results JSON._"]
     return lines
@@ -370,7 +397,7 @@ def _lifecycle_section(lifecycle: MeterLifecycle, report: Report, detail: Detail
             [
                 format_mui(leaders.usage),
                 lowest.label if lowest else "—",
-                format_energy(joules),
+                format_joules(joules),  # joules as in the terminal; rows span usages, so per cell
                 format_grams(report.carbon.grams_co2e(joules)) if joules is not None else "—",
                 leaders.highest_greenness.label if leaders.highest_greenness else "—",
                 ", ".join(row.label for row in front) or "—",
@@ -415,7 +442,7 @@ def _lifecycle_section(lifecycle: MeterLifecycle, report: Report, detail: Detail
 
 def _chart_rows(lifecycle: MeterLifecycle, report: Report, limit: int) -> list[Row]:
     """The lines worth drawing when there are too many: references, leaders, then the rest."""
-    candidates = [row for row in report.rows if row.meter == lifecycle.meter and row.cost]
+    candidates = [row for row in report.lifecycle_rows(lifecycle) if row.cost]
     ordered: list[Row] = []
 
     def add(row: Row | None) -> None:
@@ -474,7 +501,8 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
         "```mermaid",
         '%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "' + palette + '"}}}}%%',
         "xychart-beta",
-        f'    title "Full-cycle energy, {lifecycle.meter} ({lifecycle.kind})"',
+        f'    title "{_task_words(lifecycle, report)}Full-cycle energy, {lifecycle.meter} '
+        f'({lifecycle.kind})"',
         f'    x-axis "MUI (inferences served)" [{labels}]',
         f'    y-axis "log10 E(MUI) / J" {lowest} --> {highest}',
     ]
@@ -485,7 +513,7 @@ def mermaid_chart(lifecycle: MeterLifecycle, report: Report, max_lines: int = 8)
     legend = " · ".join(
         f"{CHART_COLOURS[index][1]} {row.label}" for index, (row, _) in enumerate(series)
     )
-    total = len({id(row) for row in report.rows if row.meter == lifecycle.meter and row.cost})
+    total = len({id(row) for row in report.lifecycle_rows(lifecycle) if row.cost})
     if total > len(series):
         legend += f" ({len(series)} of {total} methods drawn)"
     lines += ["", legend]
@@ -566,19 +594,20 @@ def _render(report: Report, detail: Detail) -> str:
     if not report.rows:
         lines += ["No lifecycle test measured anything.", ""]
         return "\n".join(lines)
-    lines += ["### Results per family", ""]
     omitted = _omissions(report, detail)
+    tasks = report.tasks
+    if len(tasks) > 1:
+        lines += [
+            f"**{len(tasks)} tasks**, each compared within itself (its own reference, winners "
+            f"and break-even points): {', '.join(f'`{task}`' for task in tasks)}",
+            "",
+        ]
     if omitted:
         lines += [f"_Left out to stay under GitHub's comment limit: {omitted}._", ""]
-    others = report.families(report.other_rows)
-    for family, rows in report.families(report.main_rows).items():
-        lines += _family_section(family, rows, others.pop(family, []), report, detail)
-    for family, rows in others.items():
-        lines += _family_section(family, [], rows, report, detail)
-    lines += ["### Lifecycle: which method wins at which usage", ""]
-    for lifecycle in report.lifecycles:
-        if lifecycle.gating or detail.other_meters:
-            lines += _lifecycle_section(lifecycle, report, detail)
+    for task in tasks:
+        lines += _task_sections(report, detail, task, len(tasks) > 1)
+    if len(tasks) > 1:
+        lines += ["## Every task", ""]
     lines += _carbon_section(report, detail)
     lines += [
         "<sub>TEC: training energy (base training charged + compression + fine-tuning). "
@@ -589,6 +618,69 @@ def _render(report: Report, detail: Detail) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _task_words(lifecycle: MeterLifecycle, report: Report) -> str:
+    return f"Task {lifecycle.task}: " if len(report.tasks) > 1 else ""
+
+
+def _time_section(rows: Sequence[Row]) -> list[str]:
+    """Time beside energy: per test, seconds per inferred sample, samples/s and train time."""
+    tests: dict[str, Row] = {}
+    for row in rows:
+        if row.latency:
+            tests.setdefault(row.nodeid, row)
+    if not tests:
+        return []
+    ordered = sorted(tests.values(), key=lambda row: (row.family, row.method, row.model))
+    figures = [row.latency or {} for row in ordered]
+    latency_unit = seconds_unit(
+        (figure.get("seconds_per_sample") or {}).get("median") for figure in figures
+    )
+    train_unit = seconds_unit(_train_seconds(figure) for figure in figures)
+    body = [
+        [
+            row.label,
+            format_latency(figure, latency_unit),
+            format_rate(figure.get("samples_per_second")),
+            format_in(_train_seconds(figure), train_unit),
+            f"`{figure.get('meter')}`",
+        ]
+        for row, figure in zip(ordered, figures, strict=True)
+    ]
+    return [
+        "#### Time",
+        "",
+        *_table(
+            ["method", "time / sample (median, IQR)", "samples/s", "train time", "timed by"],
+            body,
+        ),
+        "",
+    ]
+
+
+def _train_seconds(figure: Mapping[str, Any]) -> float | None:
+    if "train_seconds" not in figure:
+        return None
+    return float(figure["train_seconds"] + figure.get("charged_seconds", 0.0))
+
+
+def _task_sections(report: Report, detail: Detail, task: str, several: bool) -> list[str]:
+    """One task's results per family and lifecycle view (under a heading of its own if several)."""
+    lines = [f"## Task `{task}`", ""] if several else []
+    lines += ["### Results per family", ""]
+    others = report.families([row for row in report.other_rows if row.task == task])
+    main = [row for row in report.main_rows if row.task == task]
+    for family, rows in report.families(main).items():
+        lines += _family_section(family, rows, others.pop(family, []), report, detail)
+    for family, rows in others.items():
+        lines += _family_section(family, [], rows, report, detail)
+    lines += _time_section([row for row in report.rows if row.task == task])
+    lines += ["### Lifecycle: which method wins at which usage", ""]
+    for lifecycle in report.lifecycles:
+        if lifecycle.task == task and (lifecycle.gating or detail.other_meters):
+            lines += _lifecycle_section(lifecycle, report, detail)
+    return lines
 
 
 def _truncate(text: str, max_chars: int) -> str:

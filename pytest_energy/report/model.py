@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_energy.carbon import CarbonIntensity, resolve_intensity
 from pytest_energy.errors import ConfigError, ReportError
+from pytest_energy.latency import latency_summary
 from pytest_energy.lifecycle import LifecycleCost, break_even_usage, pareto_front
+from pytest_energy.report.tasks import assign_tasks, parse_references, task_order
 
 VERDICTS = ("regressed", "incomparable", "improved", "new", "unchanged")
 """Every verdict, most urgent first: the order rows are listed in."""
@@ -98,6 +100,10 @@ class Row:
     tolerance: float | None
     comparison: RowComparison
     gating: bool = True
+    task: str = ""
+    """The task the row is compared within (``report.tasks``): dataset, lineage or label."""
+    latency: Mapping[str, Any] | None = None
+    """The test's time figures (``pytest_energy.latency.latency_summary``), None if untimed."""
 
     @property
     def verdict(self) -> str:
@@ -160,6 +166,7 @@ class MeterLifecycle:
     break_evens: list[BreakEven]
     reference_missing: str | None
     pareto: dict[float, list[Row]]
+    task: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,17 @@ class Report:
         if self.comparison is None:
             return False
         return bool(self.baseline.sources) or any(row.verdict != "new" for row in self.rows)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The run's tasks, each a small paper of its own (one task: a single report)."""
+        return task_order({id(row): row.task for row in self.rows})
+
+    def lifecycle_rows(self, lifecycle: MeterLifecycle) -> list[Row]:
+        """The rows a lifecycle view compares: its meter's, within its task."""
+        return [
+            row for row in self.rows if row.meter == lifecycle.meter and row.task == lifecycle.task
+        ]
 
     @property
     def main_rows(self) -> list[Row]:
@@ -523,17 +541,32 @@ def build_report(
         for meter, record in (result.get("meters", {}) or {}).items()
     }
     gate = view.gate if view is not None and view.gate else default_gate(kinds)
-    rows = result_rows(tests, view, gate)
+    references = parse_references(reference)
+    tasks = assign_tasks(tests, references)
+    rows = [
+        replace(
+            row,
+            task=tasks[row.nodeid],
+            latency=tests[row.nodeid].get("latency") or latency_summary(tests[row.nodeid]),
+        )
+        for row in result_rows(tests, view, gate)
+    ]
     usage = _usage_columns(rows)
     documents = _baseline_documents(baseline)
     old_costs = _baseline_costs(documents)
-    by_meter: dict[str, list[Row]] = {}
-    for row in rows:
-        by_meter.setdefault(row.meter, []).append(row)
-    lifecycles = [
-        meter_lifecycle(by_meter[meter], usage, reference, old_costs)
-        for meter in sorted(by_meter, key=lambda name: (name not in gate, name))
-    ]
+    lifecycles = []
+    for task in task_order(tasks):
+        by_meter: dict[str, list[Row]] = {}
+        for row in rows:
+            if row.task == task:
+                by_meter.setdefault(row.meter, []).append(row)
+        lifecycles += [
+            replace(
+                meter_lifecycle(by_meter[meter], usage, references.for_task(task), old_costs),
+                task=task,
+            )
+            for meter in sorted(by_meter, key=lambda name: (name not in gate, name))
+        ]
     return Report(
         rows=rows,
         usage=usage,

@@ -25,6 +25,7 @@ from pytest_energy.files import non_finite_figures, write_text_atomic
 from pytest_energy.machine import machine_info
 from pytest_energy.progress import ProgressLine, progress_line_for
 from pytest_energy.report.model import REFERENCE_AUTO, Report, build_report, parse_reference
+from pytest_energy.report.tasks import parse_references
 from pytest_energy.results import results_document
 from pytest_energy.session import EnergySession
 
@@ -73,8 +74,8 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         metavar="LABEL=VALUE",
         default=None,
         help="the method break-even MUI is measured against: auto (a test labelled "
-        "family=baseline or method=uncompressed), LABEL=VALUE or part of a node id; "
-        "ini energy_reference",
+        "family=baseline or method=uncompressed), LABEL=VALUE or part of a node id; per "
+        "task TASK=LABEL=VALUE, comma-separated; ini energy_reference",
     )
     parser.addini("energy_country", "ISO 3166-1 alpha-3 country for carbon intensity", default="")
     parser.addini("energy_carbon_intensity", "carbon intensity in gCO2e/kWh", default="")
@@ -107,6 +108,7 @@ def report_settings(
     """Validate report options up front, so a bad flag fails before hours of training."""
     carbon = resolve_intensity(country or None, carbon_intensity, pue)
     parse_reference(reference)
+    parse_references(reference)  # per-task references: TASK=LABEL=VALUE, comma-separated
     if plot is not None:
         from pytest_energy.report.charts import chart_format
 

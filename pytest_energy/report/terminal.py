@@ -1,13 +1,30 @@
-"""The table printed at the end of a ``--energy`` run: one block per family, one row per meter."""
+"""The table printed at the end of a ``--energy`` run: one block per family, one row per meter.
+
+With several tasks (``report.tasks``: a ``task`` or ``dataset`` label, or a reference's model
+lineage) each task gets its own heading and family blocks; within a test the gating meter's
+row comes first.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tabulate import tabulate
 
-from pytest_energy.report.units import format_fraction, format_joules, format_usage
+from pytest_energy.latency import latency_summary
+from pytest_energy.report.model import default_gate
+from pytest_energy.report.tasks import assign_tasks, task_order
+from pytest_energy.report.units import (
+    column_unit,
+    format_fraction,
+    format_in,
+    format_latency,
+    format_rate,
+    format_usage,
+    seconds_unit,
+)
 
 
 def _usage_columns(tests: Mapping[str, Mapping[str, Any]]) -> list[float]:
@@ -29,34 +46,133 @@ def group_by_family(tests: Mapping[str, Mapping[str, Any]]) -> dict[str, list[st
     }
 
 
+def meters_gating_first(
+    meters: Mapping[str, Mapping[str, Any]], gate: Sequence[str]
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """A test's (meter, view) pairs: gating meters first, then the others, each by name."""
+    return sorted(meters.items(), key=lambda item: (item[0] not in gate, item[0]))
+
+
+@dataclass(frozen=True)
+class ColumnUnits:
+    """The unit of each energy and time column of one task's table (see ``column_units``)."""
+
+    tec: tuple[float, str]
+    iec: tuple[float, str]
+    full_cycle: Mapping[float, tuple[float, str]]
+    latency: tuple[float, str]
+    train: tuple[float, str]
+
+
+def column_units(
+    tests: Mapping[str, Mapping[str, Any]], usage_columns: Sequence[float]
+) -> ColumnUnits:
+    """One unit per column from all of a task's figures (every meter), so the terminal and the
+    markdown, choosing from the same figures, write the same figure in the same unit."""
+    views = [view for result in tests.values() for view in result.get("meters", {}).values()]
+    latencies = [test_latency(result) or {} for result in tests.values()]
+    return ColumnUnits(
+        tec=column_unit(view.get("tec_joules") for view in views),
+        iec=column_unit(view.get("iec_joules_per_sample") for view in views),
+        full_cycle={
+            mui: column_unit(
+                entry["joules"]
+                for view in views
+                for entry in view.get("full_cycle", [])
+                if entry["usage"] == mui
+            )
+            for mui in usage_columns
+        },
+        latency=seconds_unit(
+            (latency.get("seconds_per_sample") or {}).get("median") for latency in latencies
+        ),
+        train=seconds_unit(train_seconds(latency) for latency in latencies),
+    )
+
+
+def train_seconds(latency: Mapping[str, Any]) -> float | None:
+    """Wall-clock seconds of the work in TEC: the test's phases and the work charged to it."""
+    if not latency or "train_seconds" not in latency:
+        return None
+    return float(latency["train_seconds"] + latency.get("charged_seconds", 0.0))
+
+
+def test_latency(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The test's time figures: as recorded, else computed from its rounds (older files)."""
+    return result.get("latency") or latency_summary(result)
+
+
 def summary_rows(
-    nodeids: list[str], tests: Mapping[str, Mapping[str, Any]], usage_columns: list[float]
+    nodeids: list[str],
+    tests: Mapping[str, Mapping[str, Any]],
+    usage_columns: list[float],
+    gate: Sequence[str] = (),
+    units: ColumnUnits | None = None,
 ) -> list[list[str]]:
+    """One row per test × meter (gating meter first); time figures on a test's first row."""
+    units = units or column_units(tests, usage_columns)
     rows = []
     for nodeid in nodeids:
         result = tests[nodeid]
         labels = result.get("labels", {})
-        for meter, view in result.get("meters", {}).items():
+        latency = test_latency(result) or {}
+        for position, (meter, view) in enumerate(
+            meters_gating_first(result.get("meters", {}), gate)
+        ):
             full_cycle = {entry["usage"]: entry["joules"] for entry in view.get("full_cycle", [])}
+            first = position == 0
             rows.append(
                 [
                     _method_name(nodeid, result),
                     labels.get("model", ""),
                     format_fraction(result.get("accuracy")),
                     f"{meter} ({view['kind']})",
-                    format_joules(view.get("tec_joules")),
-                    format_joules(view.get("iec_joules_per_sample")),
+                    format_in(view.get("tec_joules"), units.tec),
+                    format_in(view.get("iec_joules_per_sample"), units.iec),
                     *(
-                        format_joules(full_cycle[mui]) if mui in full_cycle else ""
+                        format_in(full_cycle[mui], units.full_cycle[mui])
+                        if mui in full_cycle
+                        else ""
                         for mui in usage_columns
                     ),
+                    format_latency(latency, units.latency) if first else "",
+                    format_rate(latency.get("samples_per_second")) if first else "",
+                    format_in(train_seconds(latency), units.train) if first else "",
                 ]
             )
     return rows
 
 
-def summary_table(tests: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per family: method, model, accuracy, meter (kind), TEC, IEC and E(MUI) per usage."""
+def summary_table(
+    tests: Mapping[str, Mapping[str, Any]],
+    gate: Sequence[str] | None = None,
+    reference: str | None = None,
+) -> str:
+    """Per task and family: method, model, accuracy, meter (kind), TEC, IEC, E(MUI) per usage.
+
+    ``gate``: the meters that gate (default: as the gate picks them, measured, else counted,
+    else estimated); their rows lead each test. ``reference``: ``--energy-reference``, which
+    may name per-task references that decide a task's lineage.
+    """
+    if gate is None:
+        gate = default_gate(
+            {
+                meter: str(view.get("kind", ""))
+                for result in tests.values()
+                for meter, view in result.get("meters", {}).items()
+            }
+        )
+    tasks = assign_tasks(tests, reference)
+    ordered = task_order(tasks)
+    if len(ordered) <= 1:
+        return _task_table(tests, gate)
+    return "\n\n".join(
+        f"task: {task}\n" + _task_table({n: r for n, r in tests.items() if tasks[n] == task}, gate)
+        for task in ordered
+    )
+
+
+def _task_table(tests: Mapping[str, Mapping[str, Any]], gate: Sequence[str]) -> str:
     usage_columns = _usage_columns(tests)
     headers = [
         "method",
@@ -66,10 +182,14 @@ def summary_table(tests: Mapping[str, Mapping[str, Any]]) -> str:
         "TEC",
         "IEC / sample",
         *(f"E(MUI={format_usage(mui)})" for mui in usage_columns),
+        "time / sample",
+        "samples/s",
+        "train time",
     ]
+    units = column_units(tests, usage_columns)
     blocks = []
     for family, nodeids in group_by_family(tests).items():
-        rows = summary_rows(nodeids, tests, usage_columns)
+        rows = summary_rows(nodeids, tests, usage_columns, gate, units)
         blocks.append(
             f"family: {family}\n" + tabulate(rows, headers=headers, disable_numparse=True)
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 _PREFIXES = (
     (1e9, "GJ"),
@@ -108,3 +110,80 @@ def format_mui(usage: float) -> str:
         if len(mantissa.replace(".", "")) <= 2 and float(f"{mantissa}e{exponent}") == usage:
             return f"{mantissa}e{int(exponent)}"
     return format_usage(usage)
+
+
+_SECOND_PREFIXES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
+
+
+def column_unit(
+    values: Iterable[float | None], prefixes: Sequence[tuple[float, str]] = _PREFIXES
+) -> tuple[float, str]:
+    """One unit for a whole column: the prefix that suits its largest magnitude.
+
+    ``[0.0844, 31.2]`` → ``(1.0, "J")``; ``[17.1e3, 568e3]`` → ``(1e3, "kJ")``. Every cell of a
+    column is then written in that unit (``format_in``), so figures compare at a glance, and
+    the terminal and the markdown, choosing from the same figures, agree.
+    """
+    magnitudes = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
+    if not magnitudes:
+        return next((prefix for prefix in prefixes if prefix[0] == 1.0), prefixes[0])
+    largest = max(magnitudes)
+    for scale, unit in prefixes:
+        if largest >= scale:
+            return scale, unit
+    return prefixes[-1]
+
+
+def format_in(value: float | None, unit: tuple[float, str], digits: int = 3) -> str:
+    """``value`` in ``unit`` with ``digits`` significant digits (trailing zeros dropped), never
+    in e-notation.
+
+    ``format_in(0.0844, (1.0, "J"))`` → ``"0.0844 J"``; ``None`` → ``"—"``.
+    """
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    scale, name = unit
+    number = value / scale
+    if number == 0:
+        return f"0 {name}"
+    exponent = math.floor(math.log10(abs(number)))
+    decimals = max(0, digits - 1 - exponent)
+    text = f"{number:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {name}"
+
+
+def seconds_unit(values: Iterable[float | None]) -> tuple[float, str]:
+    """One time unit for a column: s, ms, µs or ns."""
+    return column_unit(values, _SECOND_PREFIXES)
+
+
+def format_seconds(seconds: float | None, digits: int = 3) -> str:
+    """A duration in its own unit: ``0.00123`` → ``"1.23 ms"``, ``75.2`` → ``"75.2 s"``."""
+    if seconds is None:
+        return "—"
+    return format_in(seconds, seconds_unit([seconds]), digits)
+
+
+def format_rate(per_second: float | None) -> str:
+    """Samples per second: ``1234.5`` → ``"1.23k"``, ``12.3`` → ``"12.3"``."""
+    if per_second is None or not math.isfinite(per_second):
+        return "—"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_second >= scale:
+            return f"{per_second / scale:.3g}{suffix}"
+    return f"{per_second:.3g}"
+
+
+def format_latency(summary: Mapping[str, Any] | None, unit: tuple[float, str] | None = None) -> str:
+    """Inference time per sample: the median over the rounds and its interquartile range.
+
+    ``"0.358 ms (IQR 0.12)"``, in ``unit`` (default: the median's own unit); ``"—"`` without.
+    """
+    figures = (summary or {}).get("seconds_per_sample")
+    if not figures:
+        return "—"
+    unit = unit or seconds_unit([figures["median"]])
+    spread = format_in(figures["iqr"], unit, 2).rsplit(" ", 1)[0]
+    return f"{format_in(figures['median'], unit)} (IQR {spread})"
