@@ -122,8 +122,9 @@ def baseline_entry(
     ``save_baseline`` appends it to the history already in the file.
     """
     view = record["meters"][meter]
+    left_out = ("meters", "sessions", "latency")  # latency: this run's wall clock, no meter's
     entry = {
-        **{key: value for key, value in record.items() if key not in ("meters", "sessions")},
+        **{key: value for key, value in record.items() if key not in left_out},
         "meters": {meter: view},
         "recorded": {**provenance, "meter": dict(meter_description)},
     }
