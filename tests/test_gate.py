@@ -468,5 +468,5 @@ def test_an_output_pointed_at_a_baseline_is_refused_before_the_run(workload, mon
     before = path.read_bytes()
     result = run(pytester, monkeypatch, 1, *energy_args("counted", flag, str(path)))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{flag} *counted.json: is *an output never replaces*"])
+    result.stderr.fnmatch_lines([f"*{flag} *counted.json*an input of this run*another path*"])
     assert path.read_bytes() == before

@@ -406,6 +406,7 @@ def test_the_entry_point_shim_makes_pytest_find_the_plugin_without_installing_it
     finished = subprocess.run(
         [sys.executable, "-c", probe],
         env=python_path(tmp_path),
+        cwd=tmp_path,  # not the checkout, where an editable install leaves its own egg-info
         capture_output=True,
         text=True,
         timeout=60,

@@ -352,8 +352,7 @@ class CpuTimeMeter(Meter):
                 "source": self.children.source,
             }
             details["cpu_seconds"] = cpu_seconds + child_seconds
-            if seen or child_seconds:
-                joules_by_domain["children"] = child_seconds * watts
+            joules_by_domain["children"] = child_seconds * watts  # always: one record shape
         return Reading(
             meter=self.name,
             kind=self.kind,
