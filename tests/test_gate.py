@@ -251,6 +251,18 @@ def test_prune_drops_entries_of_removed_tests(workload, monkeypatch):
     assert set(saved(pytester)["tests"]) == {NODEID}
 
 
+def test_baseline_tests_left_out_with_k_are_said_to_be_deselected(workload, monkeypatch):
+    pytester = workload("counted")
+    pytester.makepyfile(test_other="def test_other(energy):\n    energy.inference(lambda: 1)\n")
+    run(pytester, monkeypatch, 1, *energy_args("counted", "--energy-save"))
+    result = run(pytester, monkeypatch, 1, *energy_args("counted", "-k", "test_method"))
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["deselected 1 test(s) of the baseline were not collected in this run*test_other*"]
+    )
+    result.stdout.no_fnmatch_line("*did not pass in this run*")
+
+
 def test_results_json_carries_profiles_and_the_comparison(workload, monkeypatch):
     pytester = workload("counted")
     run(pytester, monkeypatch, 1, *energy_args("counted", "--energy-save"))

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -656,13 +656,23 @@ def compare_snapshots(
     )
 
 
+def _first_three(nodeids: Sequence[str]) -> str:
+    return ", ".join(nodeids[:3]) + (", ..." if len(nodeids) > 3 else "")
+
+
 def summary_lines(
-    report: ComparisonReport, fail_on_improvement: bool = False, verbose: bool = False
+    report: ComparisonReport,
+    fail_on_improvement: bool = False,
+    verbose: bool = False,
+    collected: Collection[str] | None = None,
 ) -> list[str]:
     """Plain-text lines for a terminal: each finding with its quantities, then the counts.
 
     Meters that do not gate are counted in one line each unless ``verbose``: on a shared
     machine their noise would otherwise bury the findings that decide the exit status.
+    ``collected``: the node ids this session collected, so that baseline tests it did not
+    collect (deselected with ``-k``/``-m``, or gone) are told apart from those that ran and did
+    not pass.
     """
     lines = []
     not_gating: dict[str, Counter[str]] = {}
@@ -693,11 +703,18 @@ def summary_lines(
             if meter.detection and meter.verdict in ("regressed", "improved", "unchanged"):
                 lines.append(f"    {meter.detection}")
             lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
-    if report.not_run:
-        shown = ", ".join(report.not_run[:3]) + (", ..." if len(report.not_run) > 3 else "")
+    ran = [nodeid for nodeid in report.not_run if collected is None or nodeid in collected]
+    deselected = [nodeid for nodeid in report.not_run if nodeid not in ran]
+    if ran:
         lines.append(
-            f"not run   {len(report.not_run)} test(s) of the baseline did not pass in this run "
-            f"({shown}); --energy-save --energy-prune drops those that no longer exist"
+            f"not run   {len(ran)} test(s) of the baseline did not pass in this run "
+            f"({_first_three(ran)})"
+        )
+    if deselected:
+        lines.append(
+            f"deselected {len(deselected)} test(s) of the baseline were not collected in this "
+            f"run ({_first_three(deselected)}); --energy-save --energy-prune drops those that "
+            f"no longer exist"
         )
     for name, verdicts in not_gating.items():
         tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))

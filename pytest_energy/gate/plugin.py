@@ -242,6 +242,8 @@ class RegressionGate:
         self.profiles: dict[str, Profile] = {}
         self.baselines: dict[str, BaselineFile | None] = {}
         self.collected: set[str] = set()
+        self.deselected: set[str] = set()
+        """Collected, then left out by ``-k``/``-m``: they still exist, so prune keeps them."""
         self.report: ComparisonReport | None = None
         self.saved: list[SaveResult] = []
         self.problems: list[str] = []
@@ -311,6 +313,9 @@ class RegressionGate:
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         self.collected.add(item.nodeid)
+
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        self.deselected.update(item.nodeid for item in items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
@@ -431,7 +436,10 @@ class RegressionGate:
         write = terminalreporter.write_line
         terminalreporter.section("energy gate")
         for line in summary_lines(
-            self.report, self.settings.fail_on_improvement, self.config.option.verbose > 0
+            self.report,
+            self.settings.fail_on_improvement,
+            self.config.option.verbose > 0,
+            collected=self.collected - self.deselected,
         ):
             red = line.startswith("REGRESSED") or (
                 line.startswith("improved") and self.settings.fail_on_improvement
