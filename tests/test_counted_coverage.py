@@ -325,3 +325,19 @@ def test_breakdown_by_operator_and_by_module_adds_up_to_the_reading():
         assert sum(row["flops"] for row in rows.values()) == broken_down.flops
         assert sum(row["bytes"] for row in rows.values()) == broken_down.bytes_moved
         assert sum(row["joules"] for row in rows.values()) == pytest.approx(broken_down.joules)
+
+
+def test_torch_export_inside_a_counted_window_traces_without_specialising_the_batch():
+    """Tracing is shapes, not work: a dynamic batch stays dynamic and nothing is charged."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    batch = torch.export.Dim("batch", min=1)
+
+    def export() -> torch.nn.Module:
+        return torch.export.export(
+            model, (torch.randn(2, 4),), dynamic_shapes=({0: batch},)
+        ).module()
+
+    holder: list[torch.nn.Module] = []
+    reading = count(lambda: holder.append(export()))
+    assert holder[0](torch.randn(5, 4)).shape == (5, 2)
+    assert reading.flops < 2 * 2 * (4 * 8 + 8 * 2)  # not even one real forward pass counted

@@ -301,6 +301,11 @@ class Int8Model(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         return self.lowered(inputs.cpu())(inputs.cpu())
 
+    def train(self, mode: bool = True) -> Int8Model:
+        """Only the flag: exported graphs have no train/eval switch, and this model only infers."""
+        self.training = mode
+        return self
+
     def int8_weight_bytes(self) -> int:
         """Bytes of the model as deployed: 1 per int8 weight, 4 per float bias and per scale;
         zero points are not counted (symmetric weights: all 0, oneDNN stores none)."""

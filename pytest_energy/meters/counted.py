@@ -795,6 +795,19 @@ def _counting_mode_class() -> type:
             elif isinstance(value, (list, tuple)):
                 yield from _tensors(value)
 
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    symbolic_int = torch.SymInt
+
+    def _traced(out: Any) -> bool:
+        """Whether ``out`` comes from tracing (fake tensors, symbolic shapes), not from work."""
+        first = out[0] if isinstance(out, (list, tuple)) and out else out
+        if not isinstance(first, tensor_type):
+            return False
+        return isinstance(first, FakeTensor) or any(
+            isinstance(size, symbolic_int) for size in first.shape
+        )
+
     def _signature(values: Any) -> tuple[Any, ...]:
         """Shapes and dtypes of tensors, other arguments as given: the cache key's body."""
         key = []
@@ -837,6 +850,8 @@ def _counting_mode_class() -> type:
                 if result is not NotImplemented:
                     return result
             out = func(*args, **kwargs)
+            if _traced(out):
+                return out  # torch.export / fake tracing: shapes, not work, and never specialised
             if plan.marks_quantized:
                 self._mark_dequantized(args, out)
             if plan.cacheable:
