@@ -28,11 +28,9 @@ from collections.abc import Callable, Sequence
 import torch
 from tabulate import tabulate
 
-from pytest_energy.config import LifecycleSettings
-from pytest_energy.fixture import EnergyFixture
-from pytest_energy.meters import MeterOptions, MeterSelection, meter_class, probe_meters
+from pytest_energy.fixture import EnergyFixture, energy_fixture_with
+from pytest_energy.meters import MeterOptions, meter_class, probe_meters
 from pytest_energy.meters.base import Meter
-from pytest_energy.session import EnergySession
 
 WINDOW_TARGET_MICROSECONDS = 20.0
 CODECARBON_FACTOR_TARGET = 25.0
@@ -42,14 +40,7 @@ COUNTED_SLOWDOWN_TARGET_PERCENT = 10.0
 
 def energy_fixture(meters: Sequence[Meter]) -> EnergyFixture:
     """An ``energy`` fixture with ``meters``, built as the plugin builds it for a test."""
-    session = EnergySession(
-        enabled=True,
-        selection=MeterSelection(meters=list(meters)),
-        defaults=LifecycleSettings(),
-        rounds=1,
-        warmup_calls=1,
-    )
-    return EnergyFixture(session, LifecycleSettings(), "benchmarks/overhead.py::window")
+    return energy_fixture_with(list(meters), "benchmarks/overhead.py::window")
 
 
 def fixture_window_microseconds(meters: Sequence[Meter], pairs: int, repeats: int = 7) -> float:

@@ -377,6 +377,23 @@ class EnergyFixture:
         return bool(self.phases) or self.inference_record is not None
 
 
+def energy_fixture_with(
+    meters: list[Any], where: str, rounds: int = 1, warmup_calls: int = 1
+) -> EnergyFixture:
+    """The ``energy`` fixture as a test gets it under ``--energy`` with ``meters``, built
+    outside pytest (overhead benchmarks, the GPU check, unit tests)."""
+    from pytest_energy.meters import MeterSelection
+
+    session = EnergySession(
+        enabled=True,
+        selection=MeterSelection(meters=list(meters)),
+        defaults=LifecycleSettings(),
+        rounds=rounds,
+        warmup_calls=warmup_calls,
+    )
+    return EnergyFixture(session, LifecycleSettings(), where)
+
+
 def _calls_spanning(fn: Callable[[], Any], window_seconds: float) -> int:
     """How many calls of ``fn`` take at least ``window_seconds``, found by timing, not guessed.
 

@@ -728,19 +728,11 @@ def meter_window(meters: Sequence[Any]) -> Any:
 
 def user_fixture(meters: Sequence[Any]) -> Any:
     """The ``energy`` fixture object as a test gets it under ``--energy`` with ``meters``."""
-    from pytest_energy.config import LifecycleSettings
-    from pytest_energy.fixture import EnergyFixture
-    from pytest_energy.meters import MeterSelection
-    from pytest_energy.session import EnergySession
+    from pytest_energy.fixture import energy_fixture_with
 
-    session = EnergySession(
-        enabled=True,
-        selection=MeterSelection(meters=list(meters)),
-        defaults=LifecycleSettings(),
-        rounds=1,
-        warmup_calls=0,
+    return energy_fixture_with(
+        list(meters), "scripts/gpu_check.py::counted-overhead", warmup_calls=0
     )
-    return EnergyFixture(session, LifecycleSettings(), "scripts/gpu_check.py::counted-overhead")
 
 
 def counted_overhead(context: Any) -> None:

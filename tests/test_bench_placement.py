@@ -7,12 +7,9 @@ from typing import ClassVar
 
 import pytest
 
-from pytest_energy.config import LifecycleSettings
 from pytest_energy.errors import MeasurementError
-from pytest_energy.fixture import EnergyFixture
-from pytest_energy.meters import MeterSelection
+from pytest_energy.fixture import EnergyFixture, energy_fixture_with
 from pytest_energy.meters.base import Meter, Reading
-from pytest_energy.session import EnergySession
 
 
 class FakeMeter(Meter):
@@ -37,14 +34,7 @@ class FakeMeter(Meter):
 
 
 def fixture_with(*meters: Meter) -> EnergyFixture:
-    session = EnergySession(
-        enabled=True,
-        selection=MeterSelection(meters=list(meters)),
-        defaults=LifecycleSettings(),
-        rounds=2,
-        warmup_calls=1,
-    )
-    return EnergyFixture(session, LifecycleSettings(), "test_x")
+    return energy_fixture_with(list(meters), "test_x", rounds=2)
 
 
 def test_a_cpu_model_is_not_measured_by_the_gpu_meter():

@@ -802,8 +802,8 @@ def _counting_mode_class() -> type:
     def _traced(out: Any) -> bool:
         """Whether ``out`` comes from tracing (fake tensors, symbolic shapes), not from work."""
         first = out[0] if isinstance(out, (list, tuple)) and out else out
-        if not isinstance(first, tensor_type):
-            return False
+        if type(first) is tensor_type or not isinstance(first, tensor_type):
+            return False  # the common case, one type check: a plain tensor holds real sizes
         return isinstance(first, FakeTensor) or any(
             isinstance(size, symbolic_int) for size in first.shape
         )
