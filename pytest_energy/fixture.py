@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pytest_energy.breakdown import inference_breakdown
@@ -15,7 +16,7 @@ from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
 from pytest_energy.latency import latency_summary
 from pytest_energy.progress import PhaseProgress
-from pytest_energy.results import InferenceRecord, PhaseRecord, lifecycle_result
+from pytest_energy.results import InferenceRecord, PhaseRecord, Settling, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
 from pytest_energy.steps import StepRecorder
 
@@ -218,9 +219,11 @@ class EnergyFixture:
     ) -> InferenceRecord | None:
         """Measure the energy of ``fn`` per sample (IEC); ``fn`` infers ``samples`` samples.
 
-        After ``warmup`` unmeasured calls, the timing meters measure ``rounds`` rounds, each with
-        enough calls to span the meters' shortest resolvable window; a counting meter counts one
-        call in a window of its own, so its bookkeeping does not inflate the timed rounds.
+        After ``warmup`` unmeasured calls, batches of calls are timed until one spans the timing
+        meters' shortest resolvable window and the seconds per call settle (``settle_rounds``);
+        the timing meters then measure ``rounds`` rounds of that many calls. A counting meter
+        counts one call in a window of its own, so its bookkeeping does not inflate the timed
+        rounds.
         ``runs_on="cpu"`` says ``fn`` runs on the CPU only (an int8 CPU model on a GPU machine):
         GPU meters (``GPU_METERS``) then do not measure it, the result says so under the meter's
         ``inference_not_measured``, and that meter has no IEC for this test.
@@ -273,9 +276,11 @@ class EnergyFixture:
         timing = [meter for meter in meters if meter.kind != "counted"]
         counting = [meter for meter in meters if meter.kind == "counted"]
         if timing:
-            window_seconds = max(meter.min_window_seconds for meter in timing)
-            calls = _calls_spanning(fn, window_seconds)
-            self._measure_rounds(fn, timing, rounds, calls, record)
+            window_seconds = round_window_seconds(timing, self._session.round_seconds)
+            settling = settle_rounds(fn, window_seconds)
+            record.settling = {meter.name: settling for meter in timing}
+            record.torch_threads = _torch_threads()
+            self._measure_rounds(fn, timing, rounds, settling.calls_per_round, record)
         if counting:
             self._measure_rounds(fn, counting, 1, 1, record)
         self.inference_record = record
@@ -394,23 +399,83 @@ def energy_fixture_with(
     return EnergyFixture(session, LifecycleSettings(), where)
 
 
-def _calls_spanning(fn: Callable[[], Any], window_seconds: float) -> int:
-    """How many calls of ``fn`` take at least ``window_seconds``, found by timing, not guessed.
+SETTLE_TOLERANCE = 0.05
+"""Warm-up ends when two batches in a row agree on the seconds per call within this share."""
+SETTLE_MAX_SECONDS = 1.0
+"""Warm-up by time gives up after this long (or three meter windows, if longer): the rounds
+then start unsettled, and the record says so (``settled: false``)."""
 
-    Like ``timeit.Timer.autorange``: time a batch, grow it (at most tenfold a step) until one
-    batch lasts the window, so one slow call cannot make every round too short.
+
+def round_window_seconds(meters: Sequence[Any], chosen_seconds: float | None = None) -> float:
+    """How long each timed round lasts: the user's ``--energy-round-seconds`` or each meter's
+    ``round_seconds``, never below what a meter resolves (``min_window_seconds``)."""
+    return max(
+        max(meter.min_window_seconds, chosen_seconds or meter.round_seconds) for meter in meters
+    )
+
+
+def settle_rounds(fn: Callable[[], Any], window_seconds: float) -> Settling:
+    """Size a round and warm up by time until the seconds per call settle.
+
+    Like ``timeit.Timer.autorange``, a batch grows (at most tenfold a step) until it lasts the
+    window, so one slow first call cannot make every round too short. Then batches of that size
+    repeat until two in a row agree within ``SETTLE_TOLERANCE`` (caches, allocator pools,
+    oneDNN primitives and clocks warm up over time, not over a fixed number of calls), at most
+    ``SETTLE_MAX_SECONDS``.
     """
     __tracebackhide__ = True
-    calls = 1
+    started = time.perf_counter()
+    budget_seconds = max(SETTLE_MAX_SECONDS, 3 * window_seconds)
+    calls, previous_per_call = 1, None
     while True:
-        started = time.perf_counter()
+        batch_started = time.perf_counter()
         for _ in range(calls):
-            _call(fn, "energy.inference(fn) while calibrating")
-        elapsed = time.perf_counter() - started
-        if elapsed >= window_seconds:
-            return calls
-        wanted = math.ceil(calls * 1.2 * window_seconds / max(elapsed, 1e-9))
-        calls = min(max(wanted, calls + 1), calls * 10)
+            _call(fn, "energy.inference(fn) while warming up")
+        now = time.perf_counter()
+        elapsed = now - batch_started
+        if elapsed < window_seconds:
+            wanted = math.ceil(calls * 1.2 * window_seconds / max(elapsed, 1e-9))
+            calls, previous_per_call = min(max(wanted, calls + 1), calls * 10), None
+            continue
+        per_call = elapsed / calls
+        if previous_per_call is not None and abs(per_call - previous_per_call) <= (
+            SETTLE_TOLERANCE * previous_per_call
+        ):
+            return Settling(calls, now - started, settled=True)
+        if now - started >= budget_seconds:
+            return Settling(calls, now - started, settled=False)
+        previous_per_call = per_call
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op threads as the rounds run (None when torch is not imported)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def spinning_threads_note(results: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """One line when a CPU-side meter timed inference while torch ran several intra-op threads.
+
+    Idle OpenMP workers spin-wait between operators and CPU meters charge it; on a CPU shared
+    with other processes a worker that waits for a descheduled peer spins all the while, so
+    figures swing several-fold between sessions (``python -m benchmarks.measurement_noise``).
+    The user's thread setting is theirs: this says so instead of changing it.
+    """
+    threads_by_meter: dict[str, int] = {}
+    for record in results.values():
+        for meter, view in (record.get("meters") or {}).items():
+            threads = (view.get("inference") or {}).get("torch_threads") or 0
+            if meter not in GPU_METERS and threads > 1:
+                threads_by_meter[meter] = max(threads, threads_by_meter.get(meter, 0))
+    if not threads_by_meter:
+        return None
+    return (
+        f"{', '.join(sorted(threads_by_meter))} timed inference with torch running "
+        f"{max(threads_by_meter.values())} intra-op threads: idle OpenMP workers spin-wait and "
+        f"are charged, and on a CPU shared with other processes the figures swing several-fold "
+        f"between sessions. To gate on them, run one thread (OMP_NUM_THREADS=1 or "
+        f"torch.set_num_threads(1)) or compare interleaved sessions with `pytest-energy ab`."
+    )
 
 
 def zero_inference_warnings(record: dict[str, Any]) -> list[str]:

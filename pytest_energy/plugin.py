@@ -19,6 +19,7 @@ from pytest_energy.config import (
     LifecycleSettings,
     lifecycle_settings,
     parse_cpu_watts,
+    parse_number,
     parse_positive_int,
     parse_tau,
     parse_tolerance,
@@ -27,7 +28,7 @@ from pytest_energy.config import (
 from pytest_energy.distributed import reports_here
 from pytest_energy.errors import ConfigError, EnergyError, MeasurementError, MeterError
 from pytest_energy.files import write_json_atomic
-from pytest_energy.fixture import EnergyFixture
+from pytest_energy.fixture import EnergyFixture, spinning_threads_note
 from pytest_energy.gate.plugin import RegressionGate
 from pytest_energy.gate.plugin import add_options as add_gate_options
 from pytest_energy.machine import machine_info
@@ -104,6 +105,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"measured inference rounds per test (default {DEFAULT_ROUNDS}; ini energy_rounds)",
     )
     group.addoption(
+        "--energy-round-seconds",
+        metavar="SECONDS",
+        default=None,
+        help="length of each timed inference round (default: the meter's own, e.g. cputime "
+        "0.25 s; never below what the meter resolves; ini energy_round_seconds)",
+    )
+    group.addoption(
         "--energy-warmup",
         metavar="N",
         default=None,
@@ -165,6 +173,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("energy_tau", "default τ for greenness", default="")
     parser.addini("energy_tolerance", "default tolerance, e.g. 5%", default="")
     parser.addini("energy_rounds", "measured inference rounds per test", default="")
+    parser.addini("energy_round_seconds", "length of each timed inference round", default="")
     parser.addini("energy_warmup", "warm-up calls before inference rounds", default="")
     parser.addini("energy_cpu_watts", "watts per hardware thread for cputime", default="")
     add_report_options(group, parser)
@@ -193,6 +202,7 @@ def _build_session(config: pytest.Config) -> EnergySession:
     tolerance = _setting(config, "--energy-tolerance", "energy_tolerance")
     rounds = _setting(config, "--energy-rounds", "energy_rounds")
     warmup = _setting(config, "--energy-warmup", "energy_warmup")
+    round_seconds = _setting(config, "--energy-round-seconds", "energy_round_seconds")
     cpu_watts = _setting(config, "--energy-cpu-watts", "energy_cpu_watts")
     meter_spec = _setting(config, "--energy-meter", "energy_meter") or "auto"
     defaults = LifecycleSettings(
@@ -221,6 +231,11 @@ def _build_session(config: pytest.Config) -> EnergySession:
         if warmup
         else DEFAULT_WARMUP_CALLS,
         meter_options=options,
+        round_seconds=parse_number(
+            round_seconds, "--energy-round-seconds", "seconds > 0", 0, 3600, inclusive=False
+        )
+        if round_seconds is not None
+        else None,
     )
 
 
@@ -416,6 +431,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for nodeid, result in energy_session.results.items():
         for warning in result.get("warnings", []):
             write(f"warning: {nodeid}: {warning}", yellow=True)
+    if threads_note := spinning_threads_note(energy_session.results):
+        write(f"note: {threads_note}", yellow=True)
     for problem in config.stash[FAILED_KEY]:
         write(f"not in the results: {problem}", red=True)
     path = config.getoption("--energy-json")

@@ -13,7 +13,8 @@ layout is the results schema, shared with baseline files:
             "phases": [{"name", "charged", "joules", "seconds", "joules_by_domain", ...,
                         "ranks": [{"rank", "host", "joules", ...}]}],  # distributed only
             "tec_joules": float,
-            "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...]},
+            "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...],
+                          "warmup_seconds", "settled", "torch_threads"},  # last 3: timed meters
             "iec_joules_per_sample": float | None,        # median of the rounds
             "full_cycle": [{"usage", "joules", "greenness"}],
             "flops": {"train", "inference_per_sample"}, "bytes_moved": {...},   # counted only
@@ -54,6 +55,22 @@ class PhaseRecord:
     readings: dict[str, Reading]
 
 
+@dataclass(frozen=True)
+class Settling:
+    """How the inference rounds were sized and warmed up, by timing batches of calls.
+
+    Attributes:
+        calls_per_round: calls in one batch lasting at least the meters' window.
+        warmup_seconds: wall-clock seconds spent timing batches before the first round.
+        settled: two batches in a row agreed on the seconds per call within
+            ``SETTLE_TOLERANCE``; False when ``SETTLE_MAX_SECONDS`` ran out first.
+    """
+
+    calls_per_round: int
+    warmup_seconds: float
+    settled: bool
+
+
 @dataclass
 class InferenceRecord:
     """Rounds of inference calls: each round's reading per meter, and how it was calibrated."""
@@ -62,6 +79,10 @@ class InferenceRecord:
     warmup_calls: int
     calls_per_round: dict[str, int] = field(default_factory=dict)
     rounds: dict[str, list[Reading]] = field(default_factory=dict)
+    settling: dict[str, Settling] = field(default_factory=dict)
+    """How each timing meter's rounds were sized and warmed up (counting meters: absent)."""
+    torch_threads: int | None = None
+    """torch's intra-op threads while the timed rounds ran."""
 
     def joules_per_sample(self, meter: str) -> list[float]:
         samples_per_round = self.calls_per_round[meter] * self.samples_per_call
@@ -138,6 +159,10 @@ def meter_result(
             "joules_per_sample": per_sample,
             "seconds": [reading.seconds for reading in inference.rounds[meter]],
         }
+        if meter in inference.settling:
+            result["inference"]["warmup_seconds"] = inference.settling[meter].warmup_seconds
+            result["inference"]["settled"] = inference.settling[meter].settled
+            result["inference"]["torch_threads"] = inference.torch_threads
         if kind == "counted":
             calls = inference.calls_per_round[meter] * inference.samples_per_call
             first = inference.rounds[meter][0]

@@ -39,6 +39,7 @@ class EnergySession:
         rounds: int,
         warmup_calls: int,
         meter_options: MeterOptions | None = None,
+        round_seconds: float | None = None,
     ) -> None:
         self.enabled = enabled
         self.meter_options = meter_options or MeterOptions()
@@ -46,6 +47,8 @@ class EnergySession:
         self.defaults = defaults
         self.rounds = rounds
         self.warmup_calls = warmup_calls
+        self.round_seconds = round_seconds
+        """``--energy-round-seconds``: every timed round's length (None: each meter's own)."""
         self.results: dict[str, dict[str, Any]] = {}
         self._open_window: str | None = None
 

@@ -91,22 +91,46 @@ def test_each_inference_round_is_long_enough_for_the_meter(lifecycle_test):
     ]["meters"]["cputime"]["inference"]
     assert inference["calls_per_round"] > 1
     assert len(inference["seconds"]) == 3
+    assert inference["warmup_seconds"] > 0
+    assert isinstance(inference["settled"], bool)
+    assert "torch_threads" in inference
 
 
-def test_a_round_holds_enough_calls_to_last_the_meters_window(monkeypatch):
-    """The calls per round are found by timing batches on the clock: here a fake one, on which
-    each call takes 1 ms and one call is once 40 ms slow, so no real timing can flake."""
+def _fake_clock(monkeypatch, durations):
+    """A clock that advances only by the durations of the calls: no real timing can flake."""
     from pytest_energy import fixture
 
     now = [0.0]
-    durations = iter([0.040, *[0.001] * 1000])
+    steps = iter(durations)
 
     def call() -> None:
-        now[0] += next(durations)
+        now[0] += next(steps)
 
     monkeypatch.setattr(fixture.time, "perf_counter", lambda: now[0])
-    assert fixture._calls_spanning(call, 0.005) == 1  # the slow first call alone lasts 5 ms
-    assert fixture._calls_spanning(call, 0.050) >= 50  # then batches grow until one lasts 50 ms
+    return call
+
+
+def test_a_round_lasts_the_meters_window_and_starts_once_the_time_per_call_settles(monkeypatch):
+    """The first call is 40 ms slow, the rest take 1 ms: the slow call neither sizes the rounds
+    nor ends the warm-up; batches grow to span the 5 ms window, and two agreeing batches end it."""
+    from pytest_energy.fixture import settle_rounds
+
+    call = _fake_clock(monkeypatch, [0.040, *[0.001] * 1000])
+    settling = settle_rounds(call, 0.005)
+    assert settling.settled
+    assert settling.calls_per_round * 0.001 >= 0.005
+    assert settling.warmup_seconds < 0.1
+
+
+def test_a_warm_up_that_never_settles_gives_up_and_says_so(monkeypatch):
+    """Each call 6 % slower than the last: no two batches agree, so warm-up stops at its time
+    budget and the rounds start unsettled, which the record states."""
+    from pytest_energy.fixture import SETTLE_MAX_SECONDS, settle_rounds
+
+    call = _fake_clock(monkeypatch, [0.001 * 1.06**index for index in range(1000)])
+    settling = settle_rounds(call, 0.005)
+    assert not settling.settled
+    assert SETTLE_MAX_SECONDS <= settling.warmup_seconds < 2 * SETTLE_MAX_SECONDS
 
 
 def test_a_failed_test_is_left_out_of_the_results(pytester):
@@ -287,3 +311,37 @@ def test_a_bad_counted_energy_table_names_the_file(pytester):
     result = pytester.runpytest("--energy", "--energy-counted-table", "table.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*table.json*"])
+
+
+def test_a_cpu_meter_timed_with_several_torch_threads_gets_one_note_naming_it():
+    """The user's threads are left alone; the summary says what they do to CPU figures."""
+    from pytest_energy.fixture import spinning_threads_note
+
+    def record(meter: str, threads: int | None) -> dict:
+        return {"meters": {meter: {"inference": {"torch_threads": threads}}}}
+
+    note = spinning_threads_note({"a": record("cputime", 2), "b": record("cputime", 4)})
+    assert note is not None
+    assert note.startswith("cputime timed inference with torch running 4 intra-op threads")
+    assert "OMP_NUM_THREADS=1" in note
+    assert spinning_threads_note({"a": record("cputime", 1), "b": record("cputime", None)}) is None
+    assert spinning_threads_note({"a": record("nvml", 8)}) is None
+
+
+def test_rounds_last_the_meters_chosen_length_or_the_users_but_never_below_its_resolution():
+    from pytest_energy.fixture import round_window_seconds
+    from pytest_energy.meters.cputime import CpuTimeMeter
+    from pytest_energy.meters.nvml import NvmlMeter
+
+    assert round_window_seconds([CpuTimeMeter]) == CpuTimeMeter.round_seconds
+    assert round_window_seconds([CpuTimeMeter], 0.05) == 0.05
+    assert round_window_seconds([CpuTimeMeter], 0.001) == CpuTimeMeter.min_window_seconds
+    assert round_window_seconds([CpuTimeMeter, NvmlMeter], 0.05) == NvmlMeter.min_window_seconds
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "-1", "nan"])
+def test_a_bad_round_length_is_one_line_naming_the_flag(lifecycle_test, value):
+    result = lifecycle_test.runpytest(*CPUTIME, "--energy-round-seconds", value)
+    assert result.ret != 0
+    result.stderr.fnmatch_lines([f"*--energy-round-seconds: expected seconds > 0, got '{value}'*"])
+    assert "Traceback" not in result.stderr.str()

@@ -74,6 +74,8 @@ class Meter(abc.ABC):
 
     Subclasses set ``name``, ``kind`` and ``min_window_seconds`` (the shortest window the meter
     resolves: about ten counter updates for the hardware counters, zero for ``counted``).
+    ``round_seconds`` is the inference round length measurements chose for the meter on a
+    shared machine (``--energy-round-seconds`` overrides it, never below ``min_window_seconds``).
     ``start()`` and ``stop()`` must be cheap (well under a millisecond): they bracket the user's
     code, so whatever they cost is charged to it.
 
@@ -88,6 +90,7 @@ class Meter(abc.ABC):
     name: ClassVar[str]
     kind: ClassVar[MeterKind]
     min_window_seconds: ClassVar[float] = 0.0
+    round_seconds: ClassVar[float] = 0.0
     scope: ClassVar[MeterScope] = "process"
     deterministic: ClassVar[bool] = False
 

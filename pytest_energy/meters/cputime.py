@@ -290,6 +290,9 @@ class CpuTimeMeter(Meter):
     name = "cputime"
     kind = "estimated"
     min_window_seconds = 0.01
+    round_seconds = 0.25
+    """Between-session spread under co-tenant load was lowest with 0.25–0.5 s rounds and flat
+    from 10 to 100 ms (``python -m benchmarks.measurement_noise``; README, "Measuring cleanly")."""
 
     def __init__(
         self,
