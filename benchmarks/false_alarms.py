@@ -16,7 +16,8 @@ From that stream the gate's own rules (``pytest_energy.gate.compare``) judge:
 - **A/B mode**: consecutive sessions form pairs, the side of each drawn at random (RMIT, as
   ``pytest-energy ab`` runs them); ``--pairs`` consecutive pairs make one A/B run: base
   ``[1.00]`` against head ``[1.00]`` (A/A), ``[1.10]`` or ``[1.25]``. Runs are disjoint groups
-  of pairs when the stream is long enough, else sliding windows (the script says which).
+  of pairs (independent); with fewer than ``--min-ab-runs`` of them, a second row judges sliding
+  windows of pairs too (overlapping, so not independent: the row says so).
 
 It prints per thread setting and mode: false alarms out of the A/A runs, the share of +10 % and
 +25 % runs caught, the median smallest detectable change the verdicts printed (TEC and IEC) and
@@ -180,28 +181,43 @@ def history_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespac
 
 
 def ab_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> dict:
+    """A/B runs of ``args.pairs`` pairs each: disjoint groups of pairs (independent runs), and
+    when there are fewer than ``--min-ab-runs`` of them, sliding windows besides (overlapping,
+    so their counts are correlated; printed as a second row)."""
     versions = documents[0]["machine"]["versions"]
     sides = random.Random(args.seed)
     pairs = []
     for index in range(0, len(documents) - 1, 2):
         first, second = documents[index], documents[index + 1]
         pairs.append((first, second) if sides.random() < 0.5 else (second, first))
-    groups = len(pairs) // args.pairs
-    if groups >= args.min_ab_runs:
-        starts, how = [args.pairs * g for g in range(groups)], "disjoint groups of pairs"
-    else:
-        starts = list(range(len(pairs) - args.pairs + 1))
-        how = "sliding windows of pairs (overlapping: not independent runs)"
-    runs: dict[str, list[dict[str, Any]]] = {scale: [] for scale in SCALES}
-    for start in starts:
-        chosen = pairs[start : start + args.pairs]
-        base = _recorded([_record(b, "1.00", args.meter) for b, _ in chosen], args.meter, versions)
-        for scale in SCALES:
-            head = _recorded(
-                [_record(h, scale, args.meter) for _, h in chosen], args.meter, versions
+
+    def judged(starts: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+        runs: dict[str, list[dict[str, Any]]] = {scale: [] for scale in SCALES}
+        for start in starts:
+            chosen = pairs[start : start + args.pairs]
+            base = _recorded(
+                [_record(b, "1.00", args.meter) for b, _ in chosen], args.meter, versions
             )
-            runs[scale].append(_judge(base, head, args.meter, paired=True))
-    return {"runs": runs, "how": f"{args.pairs} pairs per run, {how}, {len(pairs)} pairs"}
+            for scale in SCALES:
+                head = _recorded(
+                    [_record(h, scale, args.meter) for _, h in chosen], args.meter, versions
+                )
+                runs[scale].append(_judge(base, head, args.meter, paired=True))
+        return runs
+
+    groups = len(pairs) // args.pairs
+    results = {
+        "A/B": {
+            "runs": judged([args.pairs * g for g in range(groups)]),
+            "how": f"{args.pairs} pairs per run, disjoint groups, {len(pairs)} pairs",
+        }
+    }
+    if groups < args.min_ab_runs and len(pairs) > args.pairs:
+        results["A/B sliding"] = {
+            "runs": judged(range(len(pairs) - args.pairs + 1)),
+            "how": f"{args.pairs} pairs per run, sliding windows (overlapping: not independent)",
+        }
+    return results
 
 
 def _summary(threads: str, mode: str, result: Mapping[str, Any]) -> list[Any]:
@@ -251,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     for threads in [part.strip() for part in args.threads.split(",") if part.strip()]:
         documents = run_stream(threads, args)
         torch = documents[0]["machine"]["versions"].get("torch") or "?"
-        for mode, judge in (("history", history_runs), ("A/B", ab_runs)):
-            result = judge(documents, args)
+        modes = {"history": history_runs(documents, args), **ab_runs(documents, args)}
+        for mode, result in modes.items():
             everything[f"{threads}/{mode}"] = result
             rows.append(_summary(threads, mode, result))
             print(f"  threads {threads}, {mode}: {result['how']}", flush=True)
