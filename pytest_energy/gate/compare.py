@@ -1,6 +1,7 @@
 """Compare two sets of test records (a baseline and a run): pure data in, dataclasses out.
 
-The result is a small tree that reports render (terminal, markdown, PR comments):
+The result is a small tree of numbers and verdicts; ``pytest_energy.report`` renders it (terminal,
+markdown, PR comments) and ``comparison_from_dict`` reads its JSON form back:
 
     ComparisonReport                       the whole comparison; ``to_dict()`` for JSON
       .tests: [TestComparison]             one per test of the current run, sorted by node id
@@ -37,8 +38,7 @@ history no longer describes the code under test. Another GPU or CPU is never com
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -54,8 +54,7 @@ from pytest_energy.gate.rules import (
     judge_paired,
 )
 from pytest_energy.gate.sessions import VERSIONED_LIBRARIES, entry_sessions, session_figure
-from pytest_energy.lifecycle import full_cycle_joules, greenness
-from pytest_energy.report.units import format_joules, format_usage
+from pytest_energy.lifecycle import format_usage, full_cycle_joules, greenness
 
 Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
@@ -138,22 +137,6 @@ class QuantityComparison:
         """``TEC``, ``IEC``, ``E(MUI=1e6)``, ``G(MUI=1e6)``."""
         name = QUANTITY_LABELS[self.quantity]
         return name if self.usage is None else f"{name}(MUI={format_usage(self.usage)})"
-
-    def describe_change(self) -> str:
-        """``IEC +20.1 % (1.2 µJ → 1.44 µJ, tolerance 5 %)``."""
-        change = "—" if self.change_percent is None else f"{self.change_percent:+.1f} %"
-        figures = (
-            f"{_format_value(self.baseline, self.unit)} → {_format_value(self.current, self.unit)}"
-        )
-        tolerance = (
-            "" if self.tolerance_percent is None else f", tolerance {self.tolerance_percent:g} %"
-        )
-        detectable = (
-            ""
-            if self.detectable_percent is None
-            else f", could detect ≥ {self.detectable_percent:.0f} %"
-        )
-        return f"{self.label} {change} ({figures}{tolerance}{detectable})"
 
 
 @dataclass(frozen=True)
@@ -272,14 +255,6 @@ def _meter_dict(meter: MeterComparison) -> dict[str, Any]:
         {**asdict(quantity), "label": quantity.label} for quantity in meter.quantities
     ]
     return data
-
-
-def _format_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "1/J":
-        return f"{value:.3g} /J"
-    return format_joules(value) + ("/sample" if unit == "J/sample" else "")
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -654,72 +629,3 @@ def compare_snapshots(
         not_run=tuple(sorted(set(baseline) - set(current))),
         provenance=provenance,
     )
-
-
-def _first_three(nodeids: Sequence[str]) -> str:
-    return ", ".join(nodeids[:3]) + (", ..." if len(nodeids) > 3 else "")
-
-
-def summary_lines(
-    report: ComparisonReport,
-    fail_on_improvement: bool = False,
-    verbose: bool = False,
-    collected: Collection[str] | None = None,
-) -> list[str]:
-    """Plain-text lines for a terminal: each finding with its quantities, then the counts.
-
-    Meters that do not gate are counted in one line each unless ``verbose``: on a shared
-    machine their noise would otherwise bury the findings that decide the exit status.
-    ``collected``: the node ids this session collected, so that baseline tests it did not
-    collect (deselected with ``-k``/``-m``, or gone) are told apart from those that ran and did
-    not pass.
-    """
-    lines = []
-    not_gating: dict[str, Counter[str]] = {}
-    for test in report.tests:
-        for meter in test.meters:
-            if not meter.gating and not verbose:
-                not_gating.setdefault(meter.meter, Counter())[meter.verdict] += 1
-                continue
-            where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
-            against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
-            if meter.verdict == "regressed":
-                lines.append(f"REGRESSED {where}{against}")
-                lines += [f"    {q.describe_change()}" for q in meter.judged("regressed")]
-            elif meter.verdict == "improved":
-                fails = fail_on_improvement and meter.gating
-                lines.append(
-                    f"improved  {where}{against}: "
-                    + ("fails the run (--energy-fail-on-improvement); " if fails else "")
-                    + "the baseline is stale, refresh it with --energy-save"
-                )
-                lines += [f"    {q.describe_change()}" for q in meter.judged("improved")]
-            elif meter.verdict == "incomparable":
-                lines.append(f"incomparable {where}{against}: {meter.reason}")
-            elif meter.verdict == "new" and meter.gating:
-                lines.append(f"new       {where}: {meter.reason} (record one with --energy-save)")
-            elif meter.verdict == "unchanged" and meter.detection:
-                lines.append(f"unchanged {where}{against}")
-            if meter.detection and meter.verdict in ("regressed", "improved", "unchanged"):
-                lines.append(f"    {meter.detection}")
-            lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
-    ran = [nodeid for nodeid in report.not_run if collected is None or nodeid in collected]
-    deselected = [nodeid for nodeid in report.not_run if nodeid not in ran]
-    if ran:
-        lines.append(
-            f"not run   {len(ran)} test(s) of the baseline did not pass in this run "
-            f"({_first_three(ran)})"
-        )
-    if deselected:
-        lines.append(
-            f"deselected {len(deselected)} test(s) of the baseline were not collected in this "
-            f"run ({_first_three(deselected)}); --energy-save --energy-prune drops those that "
-            f"no longer exist"
-        )
-    for name, verdicts in not_gating.items():
-        tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
-        lines.append(f"not gating {name}: {tally} (each finding with -v)")
-    counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
-    how = f" ({report.provenance})" if report.provenance else ""
-    lines.append(f"gate {', '.join(report.gate) or '(none)'}{how}: {counts or 'no tests'}")
-    return lines
