@@ -39,7 +39,7 @@ from pytest_energy.files import dump_json as dump_json  # re-exported: files.py 
 from pytest_energy.files import write_json_atomic as write_json_atomic
 from pytest_energy.lifecycle import full_cycle_joules, greenness
 from pytest_energy.metadata import run_metadata
-from pytest_energy.meters.base import Reading
+from pytest_energy.meters.base import Reading, capabilities
 
 SCHEMA = "pytest-energy/results"
 SCHEMA_VERSION = 1
@@ -138,7 +138,7 @@ def meter_result(
             "joules_per_sample": per_sample,
             "seconds": [reading.seconds for reading in inference.rounds[meter]],
         }
-        if kind == "counted":
+        if capabilities(kind).counts_operations:
             calls = inference.calls_per_round[meter] * inference.samples_per_call
             first = inference.rounds[meter][0]
             result["flops"] = {
@@ -213,7 +213,7 @@ def zero_joule_warnings(phases: Sequence[PhaseRecord]) -> list[str]:
         for meter, reading in phase.readings.items():
             if reading.joules > 0:
                 continue
-            if reading.kind == "counted":
+            if reading.capabilities.counts_operations:
                 why = "no torch operator ran in it"
             else:
                 why = "shorter than the meter resolves, or the counter did not update"

@@ -55,6 +55,7 @@ from pytest_energy.gate.rules import (
 )
 from pytest_energy.gate.sessions import VERSIONED_LIBRARIES, entry_sessions, session_figure
 from pytest_energy.lifecycle import format_usage, full_cycle_joules, greenness
+from pytest_energy.meters.base import capabilities
 
 Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
@@ -307,7 +308,7 @@ def _company_difference(kind: str, before: Mapping[str, Any], now: Mapping[str, 
     The counted meter's dispatch mode slows every operator in a training window, and a timed
     meter in that window charges the slowdown. Records without ``alongside`` are not checked.
     """
-    if kind == "counted" or "alongside" not in before or "alongside" not in now:
+    if capabilities(kind).counts_operations or "alongside" not in before or "alongside" not in now:
         return None
     counted_before = "counted" in before["alongside"]
     counted_now = "counted" in now["alongside"]
@@ -449,7 +450,7 @@ def compare_meter(
     """
     now = current.record["meters"][meter]
     kind = str(now.get("kind"))
-    rule: Rule = "exact" if kind == "counted" else ("pairs" if paired else "history")
+    rule: Rule = "exact" if capabilities(kind).deterministic else ("pairs" if paired else "history")
     common = {"meter": meter, "kind": kind, "gating": gating, "rule": rule}
     if baseline is None or meter not in baseline.record.get("meters", {}):
         return MeterComparison(**common, verdict="new", reason="no baseline for this test")
@@ -459,7 +460,7 @@ def compare_meter(
     if before.get("kind") != kind:
         reason = f"baseline measured by a {before.get('kind')} meter, this run by a {kind} one"
     elif (
-        kind != "counted"
+        not capabilities(kind).deterministic
         and baseline.provenance.profile is not None
         and current.provenance.profile is not None
     ):
