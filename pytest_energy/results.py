@@ -15,7 +15,7 @@ layout is the results schema, shared with baseline files:
             "tec_joules": float,
             "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...]},
             "iec_joules_per_sample": float | None,        # median of the rounds
-            "full_cycle": [{"usage", "joules", "greenness"}],
+            "full_cycle": [{"usage", "joules", "greenness"}],  # record.MeterFigures
             "flops": {"train", "inference_per_sample"}, "bytes_moved": {...},   # counted only
             "train_repeats": {"tec_joules": [per run of the body]},  # --energy-train-rounds N>1
         }},
@@ -37,9 +37,9 @@ from typing import Any
 from pytest_energy.config import LifecycleSettings
 from pytest_energy.files import dump_json as dump_json  # re-exported: files.py writes
 from pytest_energy.files import write_json_atomic as write_json_atomic
-from pytest_energy.lifecycle import full_cycle_joules, greenness
 from pytest_energy.metadata import run_metadata
 from pytest_energy.meters.base import Reading, capabilities
+from pytest_energy.record import MeterFigures
 
 SCHEMA = "pytest-energy/results"
 SCHEMA_VERSION = 1
@@ -150,35 +150,9 @@ def meter_result(
                 "inference_per_sample": (first.bytes_moved or 0.0) / calls,
             }
     result["iec_joules_per_sample"] = iec
-    result["full_cycle"] = full_cycle_entries(
-        tec_joules, iec, settings.usage, accuracy, settings.tau
-    )
+    figures = MeterFigures(kind, tec_joules, iec)
+    result["full_cycle"] = figures.full_cycle_entries(settings.usage, accuracy, settings.tau)
     return result
-
-
-def full_cycle_entries(
-    tec_joules: float,
-    iec_joules_per_sample: float | None,
-    usage: Sequence[float],
-    accuracy: float | None,
-    tau: float,
-) -> list[dict[str, Any]]:
-    """E(MUI) and G(MUI) at each usage; ``None`` where the test measured no inference."""
-    entries = []
-    for mui in usage:
-        joules = (
-            None
-            if iec_joules_per_sample is None
-            else full_cycle_joules(tec_joules, iec_joules_per_sample, mui)
-        )
-        entries.append(
-            {
-                "usage": float(mui),
-                "joules": joules,
-                "greenness": None if joules is None else greenness(accuracy, joules, tau),
-            }
-        )
-    return entries
 
 
 def lifecycle_result(

@@ -54,8 +54,9 @@ from pytest_energy.gate.rules import (
     judge_paired,
 )
 from pytest_energy.gate.sessions import VERSIONED_LIBRARIES, entry_sessions, session_figure
-from pytest_energy.lifecycle import format_usage, full_cycle_joules, greenness
+from pytest_energy.lifecycle import format_usage, greenness
 from pytest_energy.meters.base import capabilities
+from pytest_energy.record import MeterFigures
 
 Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
@@ -506,12 +507,13 @@ def compare_meter(
             return before_value, now_value, judge_exact(now_value, before_value, limit)
         return _session_decision(quantity, usage, sessions_now, sessions_before, limit, alpha, rule)
 
-    tec_now, tec_before = float(now["tec_joules"]), float(before["tec_joules"])
+    figures_now, figures_before = MeterFigures.from_json(now), MeterFigures.from_json(before)
+    tec_now, tec_before = figures_now.tec_joules, figures_before.tec_joules
     tec = judged("tec", None, limits.train, tec_now, tec_before)
     quantities = []
     if tec is not None:
         quantities.append(_quantity("tec", None, tec[0], tec[1], limits.train, tec[2]))
-    iec_now, iec_before = now.get("iec_joules_per_sample"), before.get("iec_joules_per_sample")
+    iec_now, iec_before = figures_now.iec_joules_per_sample, figures_before.iec_joules_per_sample
     iec = judged("iec", None, limits.inference, iec_now, iec_before)
     if iec is not None:
         quantities.append(_quantity("iec", None, iec[0], iec[1], limits.inference, iec[2]))
@@ -533,15 +535,13 @@ def compare_meter(
     for usage in sorted(float(mui) for mui in current.record.get("usage", [])):
         if iec is None:
             continue
-        exact_now = (
-            full_cycle_joules(tec_now, float(iec_now), usage) if iec_now is not None else None
+        full = judged(
+            "full_cycle",
+            usage,
+            limits.full_cycle,
+            figures_now.full_cycle_joules(usage),
+            figures_before.full_cycle_joules(usage),
         )
-        exact_before = (
-            full_cycle_joules(tec_before, float(iec_before), usage)
-            if iec_before is not None
-            else None
-        )
-        full = judged("full_cycle", usage, limits.full_cycle, exact_now, exact_before)
         if full is None:
             continue
         full_before, full_now, decision = full

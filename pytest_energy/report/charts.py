@@ -145,7 +145,7 @@ def _draw_full_cycle(
         cost = row.cost
         if cost is None:
             continue
-        values = [cost.full_cycle_joules(mui) for mui in points]
+        values = [row.joules_at(mui) for mui in points]
         label = _line_label(row)
         linestyle: Any = (
             "--" if any(row is entry.reference for entry in lifecycle.break_evens) else "-"
@@ -169,7 +169,7 @@ def _draw_full_cycle(
     for entry in lifecycle.break_evens:
         if entry.usage is None or entry.row.cost is None:
             continue
-        joules = entry.row.cost.full_cycle_joules(entry.usage)
+        joules = entry.row.joules_at(entry.usage)
         axes.plot(
             [entry.usage],
             [joules],

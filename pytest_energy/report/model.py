@@ -24,6 +24,7 @@ from pytest_energy.carbon import CarbonIntensity, resolve_intensity
 from pytest_energy.errors import ConfigError, ReportError
 from pytest_energy.latency import latency_summary
 from pytest_energy.lifecycle import LifecycleCost, break_even_usage, pareto_front
+from pytest_energy.record import MeterFigures, TestRecord
 from pytest_energy.report.tasks import assign_tasks, parse_references, task_order
 
 VERDICTS = ("regressed", "incomparable", "improved", "new", "unchanged")
@@ -93,10 +94,10 @@ class Row:
     meter: str
     kind: str
     accuracy: float | None
-    tec_joules: float
-    iec_joules_per_sample: float | None
-    full_cycle_joules: Mapping[float, float | None]
-    greenness: Mapping[float, float | None]
+    figures: MeterFigures
+    """TEC and IEC; E(MUI) and G(MUI) are derived by the record, never here."""
+    usage: tuple[float, ...]
+    tau: float
     tolerance: float | None
     comparison: RowComparison
     gating: bool = True
@@ -110,10 +111,26 @@ class Row:
         return self.comparison.verdict
 
     @property
+    def tec_joules(self) -> float:
+        return self.figures.tec_joules
+
+    @property
+    def iec_joules_per_sample(self) -> float | None:
+        return self.figures.iec_joules_per_sample
+
+    @property
+    def full_cycle_joules(self) -> dict[float, float | None]:
+        """E(MUI) at each of the test's usages (``None`` values without inference)."""
+        return {mui: self.figures.full_cycle_joules(mui) for mui in self.usage}
+
+    @property
+    def greenness(self) -> dict[float, float | None]:
+        """G(MUI) at each of the test's usages."""
+        return {mui: self.figures.greenness(mui, self.accuracy, self.tau) for mui in self.usage}
+
+    @property
     def cost(self) -> LifecycleCost | None:
-        if self.iec_joules_per_sample is None:
-            return None
-        return LifecycleCost(self.tec_joules, self.iec_joules_per_sample)
+        return self.figures.cost
 
     @property
     def label(self) -> str:
@@ -124,12 +141,8 @@ class Row:
         return self.comparison.changes.get(usage)
 
     def joules_at(self, usage: float) -> float | None:
-        """E(MUI) at any usage ≥ 0 from TEC and IEC (the stored figure where there is one)."""
-        stored = self.full_cycle_joules.get(usage)
-        if stored is not None:
-            return stored
-        cost = self.cost
-        return None if cost is None else cost.full_cycle_joules(usage)
+        """E(MUI) at any usage ≥ 0 from TEC and IEC."""
+        return self.figures.full_cycle_joules(usage)
 
 
 @dataclass(frozen=True)
@@ -312,9 +325,9 @@ def result_rows(
     """One row per test × meter of a results document's ``tests``, most urgent first."""
     rows = []
     for nodeid, result in tests.items():
-        labels = result.get("labels", {}) or {}
-        for meter, view in (result.get("meters", {}) or {}).items():
-            points = view.get("full_cycle", []) or []
+        record = TestRecord.from_json(result)
+        labels = record.labels
+        for meter, figures in record.meters.items():
             compared = comparison.rows.get((nodeid, meter)) if comparison is not None else None
             rows.append(
                 Row(
@@ -323,12 +336,11 @@ def result_rows(
                     method=_method_name(nodeid, labels),
                     model=str(labels.get("model") or ""),
                     meter=meter,
-                    kind=str(view.get("kind", "")),
-                    accuracy=result.get("accuracy"),
-                    tec_joules=float(view.get("tec_joules") or 0.0),
-                    iec_joules_per_sample=view.get("iec_joules_per_sample"),
-                    full_cycle_joules={float(p["usage"]): p.get("joules") for p in points},
-                    greenness={float(p["usage"]): p.get("greenness") for p in points},
+                    kind=figures.kind,
+                    accuracy=record.accuracy,
+                    figures=figures,
+                    usage=record.usage,
+                    tau=record.tau,
                     tolerance=_tolerance(result),
                     comparison=_row_verdict(compared),
                     gating=gate is None or meter in gate,
@@ -477,9 +489,9 @@ def _baseline_costs(documents: Sequence[Mapping[str, Any]]) -> dict[tuple[str, s
     for document in documents:
         for nodeid, result in (document.get("tests") or {}).items():
             for meter, view in (result.get("meters") or {}).items():
-                iec = view.get("iec_joules_per_sample")
-                if iec is not None and view.get("tec_joules") is not None:
-                    costs[(nodeid, meter)] = LifecycleCost(float(view["tec_joules"]), float(iec))
+                cost = MeterFigures.from_json(view).cost
+                if cost is not None and view.get("tec_joules") is not None:
+                    costs[(nodeid, meter)] = cost
     return costs
 
 
@@ -512,7 +524,7 @@ def _baseline_info(
 
 
 def _usage_columns(rows: Iterable[Row]) -> list[float]:
-    return sorted({usage for row in rows for usage in row.full_cycle_joules})
+    return sorted({usage for row in rows for usage in row.usage})
 
 
 def build_report(
