@@ -11,7 +11,13 @@ from gate_data import A100, H100, record, recorded, snapshot, with_history
 import pytest_energy.gate
 from pytest_energy.cli import main
 from pytest_energy.config import Tolerance
-from pytest_energy.gate.compare import compare_meter, compare_snapshots, default_gate
+from pytest_energy.errors import ReportError
+from pytest_energy.gate.compare import (
+    compare_meter,
+    compare_snapshots,
+    comparison_from_dict,
+    default_gate,
+)
 from pytest_energy.report.terminal import describe_change, summary_lines
 from pytest_energy.results import SCHEMA, SCHEMA_VERSION, dump_json
 
@@ -394,3 +400,37 @@ def test_the_gates_domain_modules_never_import_the_report(module):
         for alias in node.names
     }
     assert not [name for name in imported if name.startswith("pytest_energy.report")]
+
+
+# --- one comparison model, from the gate to the markdown ----------------------------------------
+
+
+def test_a_comparison_read_back_from_json_is_the_comparison_the_gate_made():
+    sessions = [100.0, 104.0, 97.0, 101.0, 99.0, 103.0]
+    current = snapshot(
+        test_a=recorded(record(tec=130.0)),
+        test_b=recorded(record("cputime", tec=300.0, rounds=QUIET)),
+    )
+    baseline = snapshot(
+        test_a=recorded(record()),
+        test_b=recorded(with_history(record("cputime", rounds=QUIET), sessions)),
+        test_gone=recorded(record()),
+    )
+    report = compare_snapshots(current, baseline, gate=["counted", "cputime"])
+    assert any(q.detectable_percent for _, m in report.findings("regressed") for q in m.quantities)
+    assert comparison_from_dict(json.loads(dump_json(report.to_dict()))) == report
+
+
+def test_a_verdict_this_version_does_not_know_reads_as_incomparable_never_as_a_pass():
+    data = compare_snapshots(snapshot(test_a=recorded(record())), snapshot()).to_dict()
+    data["tests"][0]["verdict"] = "sideways"
+    data["tests"][0]["meters"][0]["verdict"] = "sideways"
+    (test,) = comparison_from_dict(data).tests
+    assert test.verdict == "incomparable"
+    assert test.meters[0].verdict == "incomparable"
+    assert test.meters[0].reason == "unknown verdict sideways"
+
+
+def test_something_that_is_not_a_comparison_is_refused_in_one_line():
+    with pytest.raises(ReportError, match="must be pytest-energy/comparison data"):
+        comparison_from_dict({"tests": "no"})

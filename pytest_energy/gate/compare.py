@@ -5,7 +5,7 @@ markdown, PR comments) and ``comparison_from_dict`` reads its JSON form back:
 
     ComparisonReport                       the whole comparison; ``to_dict()`` for JSON
       .tests: [TestComparison]             one per test of the current run, sorted by node id
-        .verdict                           over the gating meters (see ``TEST_VERDICT_ORDER``)
+        .verdict                           over the gating meters (see ``VERDICT_URGENCY``)
         .meters: [MeterComparison]         one per meter that measured the test
           .verdict, .reason, .warnings     e.g. incomparable: "baseline from another GPU"
           .gating, .baseline_source        does it decide the exit status; which file
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pytest_energy.config import Tolerance, parse_tolerance
-from pytest_energy.errors import ConfigError
+from pytest_energy.errors import ConfigError, ReportError
 from pytest_energy.gate.profiles import Profile, hardware_difference
 from pytest_energy.gate.rules import (
     DEFAULT_ALPHA,
@@ -61,14 +61,17 @@ from pytest_energy.record import MeterFigures
 Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
 VERDICTS: tuple[Verdict, ...] = ("regressed", "improved", "unchanged", "new", "incomparable")
-TEST_VERDICT_ORDER: tuple[Verdict, ...] = (
+"""Every verdict, in the order counts are listed."""
+VERDICT_URGENCY: tuple[Verdict, ...] = (
     "regressed",
     "incomparable",
     "improved",
     "new",
     "unchanged",
 )
-"""A test's verdict is the first of these that any of its gating meters has."""
+"""Most urgent first: a test's verdict is the first of these that any of its gating meters has,
+and reports list rows and families in this order. The one ranking of verdicts."""
+TEST_VERDICT_ORDER = VERDICT_URGENCY
 
 QUANTITY_UNITS = {"tec": "J", "iec": "J/sample", "full_cycle": "J", "greenness": "1/J"}
 QUANTITY_LABELS = {"tec": "TEC", "iec": "IEC", "full_cycle": "E", "greenness": "G"}
@@ -174,6 +177,19 @@ class MeterComparison:
         """The quantities with this verdict, e.g. ``judged("regressed")``."""
         return [quantity for quantity in self.quantities if quantity.verdict == verdict]
 
+    def quantity(self, name: str, usage: float | None = None) -> QuantityComparison | None:
+        """``quantity("tec")``, ``quantity("full_cycle", 1e6)``; ``None`` when not compared."""
+        return next((q for q in self.quantities if q.quantity == name and q.usage == usage), None)
+
+    @property
+    def full_cycle(self) -> dict[float, QuantityComparison]:
+        """E(MUI) comparisons by usage."""
+        return {
+            q.usage: q
+            for q in self.quantities
+            if q.quantity == "full_cycle" and q.usage is not None
+        }
+
 
 @dataclass(frozen=True)
 class TestComparison:
@@ -215,6 +231,25 @@ class ComparisonReport:
             for meter in test.meters
             if meter.verdict == verdict and (meter.gating or not gating)
         ]
+
+    def meter_of(self, nodeid: str, meter: str) -> MeterComparison | None:
+        """One test's comparison under one meter; ``None`` when that pair was not compared."""
+        test = next((test for test in self.tests if test.nodeid == nodeid), None)
+        return None if test is None else test.meter(meter)
+
+    @property
+    def baseline_sources(self) -> tuple[str, ...]:
+        """The baseline files compared against, sorted."""
+        return tuple(
+            sorted(
+                {
+                    meter.baseline_source
+                    for test in self.tests
+                    for meter in test.meters
+                    if meter.baseline_source is not None
+                }
+            )
+        )
 
     @property
     def regressed(self) -> bool:
@@ -569,19 +604,21 @@ def compare_meter(
     )
 
 
+def most_urgent(verdicts: Iterable[str | None]) -> Verdict:
+    """The first of ``verdicts`` in ``VERDICT_URGENCY`` (``new`` when none is known)."""
+    found = set(verdicts)
+    return next((verdict for verdict in VERDICT_URGENCY if verdict in found), "new")
+
+
 def _meter_verdict(quantities: Sequence[QuantityComparison]) -> Verdict:
-    verdicts = {quantity.verdict for quantity in quantities} - {None}
-    for verdict in ("regressed", "incomparable", "improved", "unchanged"):
-        if verdict in verdicts:
-            return verdict  # type: ignore[return-value]
-    return "new"
+    """A quantity that is merely ``new`` (no baseline inference) never outranks a judged one."""
+    return most_urgent(q.verdict for q in quantities if q.verdict != "new")
 
 
 def _test_verdict(meters: Iterable[MeterComparison]) -> Verdict:
     meters = list(meters)
     deciding = [meter for meter in meters if meter.gating] or meters
-    verdicts = {meter.verdict for meter in deciding}
-    return next((verdict for verdict in TEST_VERDICT_ORDER if verdict in verdicts), "new")
+    return most_urgent(meter.verdict for meter in deciding)
 
 
 def compare_snapshots(
@@ -629,4 +666,104 @@ def compare_snapshots(
         alpha=alpha,
         not_run=tuple(sorted(set(baseline) - set(current))),
         provenance=provenance,
+    )
+
+
+# --- reading a comparison back --------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _quantity_from_dict(data: Mapping[str, Any]) -> QuantityComparison | None:
+    name = data.get("quantity")
+    if name not in QUANTITY_UNITS:
+        return None
+    interval = data.get("interval_percent")
+    low, high = (_number(interval[0]), _number(interval[1])) if interval else (None, None)
+    sessions = data.get("sessions")
+    verdict = data.get("verdict")
+    return QuantityComparison(
+        quantity=name,
+        usage=_number(data.get("usage")),
+        unit=QUANTITY_UNITS[name],
+        baseline=_number(data.get("baseline")),
+        current=_number(data.get("current")),
+        change_percent=_number(data.get("change_percent")),
+        tolerance_percent=_number(data.get("tolerance_percent")),
+        verdict=verdict if verdict in VERDICTS else None,
+        note=str(data.get("note") or ""),
+        detectable_percent=_number(data.get("detectable_percent")),
+        interval_percent=None if low is None or high is None else (low, high),
+        sessions=sessions if isinstance(sessions, int) and not isinstance(sessions, bool) else None,
+        noise_hides_tolerance=bool(data.get("noise_hides_tolerance", False)),
+    )
+
+
+def _meter_from_dict(data: Mapping[str, Any]) -> MeterComparison:
+    kind = str(data.get("kind") or "")
+    verdict = data.get("verdict") or "new"
+    reason = str(data.get("reason") or "")
+    detection = str(data.get("detection") or "")
+    warnings = tuple(str(warning) for warning in data.get("warnings") or [])
+    if verdict not in VERDICTS:  # written by a newer version: never read as a pass
+        reason, detection, warnings = f"unknown verdict {verdict}", "", ()
+        verdict = "incomparable"
+    rule = data.get("rule")
+    if rule not in ("exact", "history", "pairs"):
+        rule = "exact" if capabilities(kind).deterministic else "history"
+    quantities = [_quantity_from_dict(item) for item in data.get("quantities") or []]
+    source = data.get("baseline_source")
+    return MeterComparison(
+        meter=str(data.get("meter")),
+        kind=kind,
+        gating=bool(data.get("gating", True)),
+        verdict=verdict,
+        rule=rule,
+        reason=reason,
+        warnings=warnings,
+        baseline_source=None if source is None else str(source),
+        detection=detection,
+        quantities=tuple(quantity for quantity in quantities if quantity is not None),
+    )
+
+
+def comparison_from_dict(data: Any) -> ComparisonReport:
+    """A ``ComparisonReport`` back from its ``to_dict()`` form (e.g. read from a results file).
+
+    The one reader of the comparison schema: reports render what it returns, so a verdict means
+    the same in the gate, the terminal and the markdown. A ``ComparisonReport`` is returned as
+    is; a verdict this version does not know reads as ``incomparable``, never as a pass.
+    """
+    if isinstance(data, ComparisonReport):
+        return data
+    if not isinstance(data, Mapping) or not isinstance(data.get("tests"), list):
+        raise ReportError(
+            "a comparison must be pytest-energy/comparison data (ComparisonReport.to_dict()), "
+            f"got {type(data).__name__}"
+        )
+    tests = []
+    for test in data["tests"]:
+        meters = tuple(_meter_from_dict(meter) for meter in test.get("meters") or [])
+        verdict = test.get("verdict")
+        if not verdict:
+            verdict = _test_verdict(meters)
+        elif verdict not in VERDICTS:
+            verdict = "incomparable"
+        tests.append(
+            TestComparison(str(test.get("nodeid")), dict(test.get("labels") or {}), verdict, meters)
+        )
+    return ComparisonReport(
+        tests=tuple(tests),
+        gate=tuple(str(meter) for meter in data.get("gate") or []),
+        alpha=_number(data.get("alpha")) or DEFAULT_ALPHA,
+        not_run=tuple(str(nodeid) for nodeid in data.get("not_run") or []),
+        provenance=str(data.get("provenance") or ""),
     )

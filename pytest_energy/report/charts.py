@@ -103,13 +103,9 @@ def _line_label(row: Row) -> str:
     label = f"{row.label} [{row.family}]" if row.family != "—" else row.label
     if row.verdict not in ("regressed", "improved"):
         return label
-    compared = row.comparison
-    candidates = [
-        (f"E({format_mui(usage)})", change) for usage, change in sorted(compared.changes.items())
-    ]
-    candidates += [
-        (name, change) for name, change in (("TEC", compared.tec), ("IEC", compared.iec))
-    ]
+    changes = {} if row.comparison is None else row.comparison.full_cycle
+    candidates = [(f"E({format_mui(usage)})", change) for usage, change in sorted(changes.items())]
+    candidates += [("TEC", row.tec_change), ("IEC", row.iec_change)]
     judged = [
         (name, change.change_percent)
         for name, change in candidates
