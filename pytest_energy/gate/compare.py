@@ -71,7 +71,6 @@ VERDICT_URGENCY: tuple[Verdict, ...] = (
 )
 """Most urgent first: a test's verdict is the first of these that any of its gating meters has,
 and reports list rows and families in this order. The one ranking of verdicts."""
-TEST_VERDICT_ORDER = VERDICT_URGENCY
 
 QUANTITY_UNITS = {"tec": "J", "iec": "J/sample", "full_cycle": "J", "greenness": "1/J"}
 QUANTITY_LABELS = {"tec": "TEC", "iec": "IEC", "full_cycle": "E", "greenness": "G"}

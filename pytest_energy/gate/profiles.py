@@ -31,7 +31,6 @@ from typing import Any
 from pytest_energy.meters.base import Meter, capabilities
 from pytest_energy.meters.cputime import cpu_model_name
 
-CPU_METERS = ("cputime", "rapl")
 MAX_SLUG_CHARACTERS = 48
 _TRADEMARKS = re.compile(r"\((r|tm|c)\)|®|™", re.IGNORECASE)
 _FILLER_WORDS = re.compile(r"\b(cpu|processor|\d+-core)\b", re.IGNORECASE)
