@@ -21,9 +21,8 @@ DEFAULT_TAU = 1.0
 DEFAULT_ROUNDS = 5
 DEFAULT_WARMUP_CALLS = 1
 TOLERANCE_QUANTITIES = ("train", "inference", "full_cycle")
-LABEL_KEYWORDS = ("family", "method", "model", "dataset")
 LIFECYCLE_KEYWORDS = ("usage", "tolerance", "tau")
-KNOWN_LABELS = (*LABEL_KEYWORDS, "task")
+KNOWN_LABELS = ("family", "method", "model", "dataset", "task")
 MARKER_KEYWORDS = (*LIFECYCLE_KEYWORDS, *KNOWN_LABELS)
 """Every keyword ``@pytest.mark.lifecycle`` knows; another keyword is a free label unless it
 looks like a misspelling of one of these (``tolerence=``), which is refused."""

@@ -336,12 +336,12 @@ class RankGroup:
         finally:
             own: dict[str, Reading] = {}
             for meter in reversed(started):
-                if meter.kind == "counted":
+                if meter.capabilities.counts_operations:
                     own[meter.name] = meter.stop()
             if across_ranks:
                 self.barrier()
             for meter in reversed(started):
-                if meter.kind != "counted":
+                if not meter.capabilities.counts_operations:
                     own[meter.name] = meter.stop()
             gpu_domain = _current_gpu_domain()
             if across_ranks:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
+from pytest_energy.record import MeterFigures
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
 
 FORMATS = ("github-action-benchmark", "bencher")
@@ -89,7 +90,10 @@ def measures(document: Mapping[str, Any]) -> Iterator[Measure]:
                     continue
                 label = usage_label(mui)
                 bounds = (
-                    (tec + mui * spread[0], tec + mui * spread[1])
+                    (
+                        MeterFigures(kind, float(tec), spread[0]).full_cycle_joules(mui),
+                        MeterFigures(kind, float(tec), spread[1]).full_cycle_joules(mui),
+                    )
                     if spread and isinstance(tec, (int, float))
                     else (None, None)
                 )

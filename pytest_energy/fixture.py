@@ -15,6 +15,7 @@ from pytest_energy.config import LifecycleSettings, parse_positive_int
 from pytest_energy.distributed import DistributedRun, run_distributed
 from pytest_energy.errors import ConfigError, MeasurementError
 from pytest_energy.latency import latency_summary
+from pytest_energy.meters.base import capabilities
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, Settling, lifecycle_result
 from pytest_energy.session import Charge, EnergySession
@@ -273,8 +274,8 @@ class EnergyFixture:
                         "the model runs on the CPU only; a GPU meter would read GPU idle power"
                     )
             meters = [meter for meter in meters if meter.name not in GPU_METERS]
-        timing = [meter for meter in meters if meter.kind != "counted"]
-        counting = [meter for meter in meters if meter.kind == "counted"]
+        timing = [meter for meter in meters if not meter.capabilities.deterministic]
+        counting = [meter for meter in meters if meter.capabilities.deterministic]
         if timing:
             window_seconds = round_window_seconds(timing, self._session.round_seconds)
             settling = settle_rounds(fn, window_seconds)
@@ -361,7 +362,9 @@ class EnergyFixture:
         lines = []
         for where, readings in windows:
             for reading in readings.values():
-                if reading.kind == "counted" and (warning := uncounted_warning(reading)):
+                if reading.capabilities.counts_operations and (
+                    warning := uncounted_warning(reading)
+                ):
                     lines.append(f"{reading.meter} {where}: {warning}")
         return lines
 
@@ -485,7 +488,7 @@ def zero_inference_warnings(record: dict[str, Any]) -> list[str]:
         if view.get("iec_joules_per_sample") == 0:
             why = (
                 "no torch operator ran in it"
-                if view.get("kind") == "counted"
+                if capabilities(str(view.get("kind"))).counts_operations
                 else "shorter than the meter resolves, or the counter did not update"
             )
             warnings.append(f"{meter}: inference read 0 J per sample ({why})")

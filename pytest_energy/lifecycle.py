@@ -63,6 +63,16 @@ def break_even_usage(first: LifecycleCost, second: LifecycleCost) -> float | Non
     return usage if usage > 0 and math.isfinite(usage) else None
 
 
+def format_usage(usage: float) -> str:
+    """``1e6`` → ``"1e6"``, ``1500`` → ``"1500"``: how MUI scenarios are usually written."""
+    if usage >= 1e4 and float(usage).is_integer():
+        exponent = math.floor(math.log10(usage))
+        mantissa = usage / 10**exponent
+        if float(mantissa).is_integer():
+            return f"{int(mantissa)}e{exponent}" if mantissa != 1 else f"1e{exponent}"
+    return f"{usage:g}"
+
+
 def pareto_front(points: Iterable[tuple[Key, float, float]]) -> list[Key]:
     """Keys of the points not dominated in (accuracy ↑, energy ↓), in their given order.
 

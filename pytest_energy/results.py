@@ -16,7 +16,7 @@ layout is the results schema, shared with baseline files:
             "inference": {"calls_per_round", "joules_per_sample": [per round], "seconds": [...],
                           "warmup_seconds", "settled", "torch_threads"},  # last 3: timed meters
             "iec_joules_per_sample": float | None,        # median of the rounds
-            "full_cycle": [{"usage", "joules", "greenness"}],
+            "full_cycle": [{"usage", "joules", "greenness"}],  # record.MeterFigures
             "flops": {"train", "inference_per_sample"}, "bytes_moved": {...},   # counted only
             "train_repeats": {"tec_joules": [per run of the body]},  # --energy-train-rounds N>1
         }},
@@ -38,9 +38,9 @@ from typing import Any
 from pytest_energy.config import LifecycleSettings
 from pytest_energy.files import dump_json as dump_json  # re-exported: files.py writes
 from pytest_energy.files import write_json_atomic as write_json_atomic
-from pytest_energy.lifecycle import full_cycle_joules, greenness
 from pytest_energy.metadata import run_metadata
-from pytest_energy.meters.base import Reading
+from pytest_energy.meters.base import Reading, capabilities
+from pytest_energy.record import MeterFigures
 
 SCHEMA = "pytest-energy/results"
 SCHEMA_VERSION = 1
@@ -163,7 +163,7 @@ def meter_result(
             result["inference"]["warmup_seconds"] = inference.settling[meter].warmup_seconds
             result["inference"]["settled"] = inference.settling[meter].settled
             result["inference"]["torch_threads"] = inference.torch_threads
-        if kind == "counted":
+        if capabilities(kind).counts_operations:
             calls = inference.calls_per_round[meter] * inference.samples_per_call
             first = inference.rounds[meter][0]
             result["flops"] = {
@@ -175,35 +175,9 @@ def meter_result(
                 "inference_per_sample": (first.bytes_moved or 0.0) / calls,
             }
     result["iec_joules_per_sample"] = iec
-    result["full_cycle"] = full_cycle_entries(
-        tec_joules, iec, settings.usage, accuracy, settings.tau
-    )
+    figures = MeterFigures(kind, tec_joules, iec)
+    result["full_cycle"] = figures.full_cycle_entries(settings.usage, accuracy, settings.tau)
     return result
-
-
-def full_cycle_entries(
-    tec_joules: float,
-    iec_joules_per_sample: float | None,
-    usage: Sequence[float],
-    accuracy: float | None,
-    tau: float,
-) -> list[dict[str, Any]]:
-    """E(MUI) and G(MUI) at each usage; ``None`` where the test measured no inference."""
-    entries = []
-    for mui in usage:
-        joules = (
-            None
-            if iec_joules_per_sample is None
-            else full_cycle_joules(tec_joules, iec_joules_per_sample, mui)
-        )
-        entries.append(
-            {
-                "usage": float(mui),
-                "joules": joules,
-                "greenness": None if joules is None else greenness(accuracy, joules, tau),
-            }
-        )
-    return entries
 
 
 def lifecycle_result(
@@ -238,7 +212,7 @@ def zero_joule_warnings(phases: Sequence[PhaseRecord]) -> list[str]:
         for meter, reading in phase.readings.items():
             if reading.joules > 0:
                 continue
-            if reading.kind == "counted":
+            if reading.capabilities.counts_operations:
                 why = "no torch operator ran in it"
             else:
                 why = "shorter than the meter resolves, or the counter did not update"

@@ -122,7 +122,7 @@ def warm_up_meters(meters: Sequence[Meter]) -> None:
     are left for the first real window to report, with the test's name.
     """
     torch: Any = sys.modules.get("torch")
-    if torch is None and any(meter.kind == "counted" for meter in meters):
+    if torch is None and any(meter.capabilities.counts_operations for meter in meters):
         with contextlib.suppress(ImportError):
             import torch
     for meter in meters:

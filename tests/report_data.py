@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_energy.results import SCHEMA, SCHEMA_VERSION, full_cycle_entries
+from pytest_energy.record import MeterFigures
+from pytest_energy.results import SCHEMA, SCHEMA_VERSION
 
 USAGE = (1e3, 1e6, 1e9)
 
@@ -38,9 +39,9 @@ def lifecycle_record(
                 "phases": [{"name": "train", "charged": False, "joules": tec_joules}],
                 "tec_joules": tec_joules,
                 "iec_joules_per_sample": iec_joules_per_sample,
-                "full_cycle": full_cycle_entries(
-                    tec_joules, iec_joules_per_sample, usage, accuracy, 1.0
-                ),
+                "full_cycle": MeterFigures(
+                    kind, tec_joules, iec_joules_per_sample
+                ).full_cycle_entries(usage, accuracy, 1.0),
             }
         },
     }

@@ -1,14 +1,24 @@
 """Comparing a run with its baseline: verdicts per test, meter and quantity; the compare CLI."""
 
+import ast
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from gate_data import A100, H100, record, recorded, snapshot, with_history
 
+import pytest_energy.gate
 from pytest_energy.cli import main
 from pytest_energy.config import Tolerance
-from pytest_energy.gate.compare import compare_meter, compare_snapshots, default_gate, summary_lines
+from pytest_energy.errors import ReportError
+from pytest_energy.gate.compare import (
+    compare_meter,
+    compare_snapshots,
+    comparison_from_dict,
+    default_gate,
+)
+from pytest_energy.report.terminal import describe_change, summary_lines
 from pytest_energy.results import SCHEMA, SCHEMA_VERSION, dump_json
 
 QUIET = [1.00, 1.01, 0.99, 1.02, 0.98]
@@ -89,7 +99,7 @@ def test_estimated_rise_beyond_the_noise_between_sessions_regresses():
     iec = quantity(result, "iec")
     assert iec.sessions == 8
     assert iec.detectable_percent == pytest.approx(17.0, abs=1.0)
-    assert "could detect ≥ 17 %" in iec.describe_change()
+    assert "could detect ≥ 17 %" in describe_change(iec)
     assert result.detection.startswith("8 baseline sessions: could detect TEC ≥ 17 %, IEC ≥ 17 %")
     assert "noise hides the 5 % tolerance" in result.detection
 
@@ -373,3 +383,54 @@ def test_outputs_never_replace_an_input_or_a_baseline(tmp_path, capsys):
     assert main(["report", new, "--baseline", old, "--markdown", old]) == 2
     assert "an input of this run" in capsys.readouterr().err
     assert (tmp_path / "old.json").read_bytes() == before
+
+
+# --- the gate yields numbers; the report formats them -------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["compare", "rules", "sessions", "store", "profiles"])
+def test_the_gates_domain_modules_never_import_the_report(module):
+    source = Path(pytest_energy.gate.__file__).parent / f"{module}.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not [name for name in imported if name.startswith("pytest_energy.report")]
+
+
+# --- one comparison model, from the gate to the markdown ----------------------------------------
+
+
+def test_a_comparison_read_back_from_json_is_the_comparison_the_gate_made():
+    sessions = [100.0, 104.0, 97.0, 101.0, 99.0, 103.0]
+    current = snapshot(
+        test_a=recorded(record(tec=130.0)),
+        test_b=recorded(record("cputime", tec=300.0, rounds=QUIET)),
+    )
+    baseline = snapshot(
+        test_a=recorded(record()),
+        test_b=recorded(with_history(record("cputime", rounds=QUIET), sessions)),
+        test_gone=recorded(record()),
+    )
+    report = compare_snapshots(current, baseline, gate=["counted", "cputime"])
+    assert any(q.detectable_percent for _, m in report.findings("regressed") for q in m.quantities)
+    assert comparison_from_dict(json.loads(dump_json(report.to_dict()))) == report
+
+
+def test_a_verdict_this_version_does_not_know_reads_as_incomparable_never_as_a_pass():
+    data = compare_snapshots(snapshot(test_a=recorded(record())), snapshot()).to_dict()
+    data["tests"][0]["verdict"] = "sideways"
+    data["tests"][0]["meters"][0]["verdict"] = "sideways"
+    (test,) = comparison_from_dict(data).tests
+    assert test.verdict == "incomparable"
+    assert test.meters[0].verdict == "incomparable"
+    assert test.meters[0].reason == "unknown verdict sideways"
+
+
+def test_something_that_is_not_a_comparison_is_refused_in_one_line():
+    with pytest.raises(ReportError, match="must be pytest-energy/comparison data"):
+        comparison_from_dict({"tests": "no"})

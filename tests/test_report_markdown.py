@@ -7,6 +7,7 @@ real comparison code, so the report is checked against figures worked out by han
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -272,3 +273,14 @@ def test_an_empty_run_says_nothing_was_measured() -> None:
     markdown = render_markdown(results_document({}))
     assert "no lifecycle result was measured" in markdown
     assert "No lifecycle test measured anything." in markdown
+
+
+def test_the_report_reads_the_gates_comparison_alike_live_or_from_json(regressed_run) -> None:
+    """One comparison model: a results file's embedded comparison renders as the run did."""
+    current, baseline = regressed_run
+    comparison = comparison_of(current, baseline)
+    live = render_markdown(current, comparison, baseline=baseline)
+    assert (
+        render_markdown(current, json.loads(json.dumps(comparison.to_dict())), baseline=baseline)
+        == live
+    )

@@ -14,10 +14,11 @@ from tabulate import tabulate
 
 from pytest_energy.config import parse_tolerance
 from pytest_energy.errors import BaselineError
-from pytest_energy.gate.compare import ComparisonReport, compare_snapshots, summary_lines
+from pytest_energy.gate.compare import ComparisonReport, compare_snapshots
 from pytest_energy.gate.plugin import parse_alpha, parse_gate
 from pytest_energy.gate.rules import DEFAULT_ALPHA
 from pytest_energy.gate.store import load_snapshot, refuse_overwriting_inputs
+from pytest_energy.report.terminal import summary_lines
 from pytest_energy.results import write_json_atomic
 
 

@@ -1,10 +1,11 @@
 """Compare two sets of test records (a baseline and a run): pure data in, dataclasses out.
 
-The result is a small tree that reports render (terminal, markdown, PR comments):
+The result is a small tree of numbers and verdicts; ``pytest_energy.report`` renders it (terminal,
+markdown, PR comments) and ``comparison_from_dict`` reads its JSON form back:
 
     ComparisonReport                       the whole comparison; ``to_dict()`` for JSON
       .tests: [TestComparison]             one per test of the current run, sorted by node id
-        .verdict                           over the gating meters (see ``TEST_VERDICT_ORDER``)
+        .verdict                           over the gating meters (see ``VERDICT_URGENCY``)
         .meters: [MeterComparison]         one per meter that measured the test
           .verdict, .reason, .warnings     e.g. incomparable: "baseline from another GPU"
           .gating, .baseline_source        does it decide the exit status; which file
@@ -37,13 +38,12 @@ history no longer describes the code under test. Another GPU or CPU is never com
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pytest_energy.config import Tolerance, parse_tolerance
-from pytest_energy.errors import ConfigError
+from pytest_energy.errors import ConfigError, ReportError
 from pytest_energy.gate.profiles import Profile, hardware_difference
 from pytest_energy.gate.rules import (
     DEFAULT_ALPHA,
@@ -54,20 +54,23 @@ from pytest_energy.gate.rules import (
     judge_paired,
 )
 from pytest_energy.gate.sessions import VERSIONED_LIBRARIES, entry_sessions, session_figure
-from pytest_energy.lifecycle import full_cycle_joules, greenness
-from pytest_energy.report.units import format_joules, format_usage
+from pytest_energy.lifecycle import format_usage, greenness
+from pytest_energy.meters.base import capabilities
+from pytest_energy.record import MeterFigures
 
 Rule = Literal["exact", "history", "pairs"]
 Verdict = Literal["regressed", "improved", "unchanged", "new", "incomparable"]
 VERDICTS: tuple[Verdict, ...] = ("regressed", "improved", "unchanged", "new", "incomparable")
-TEST_VERDICT_ORDER: tuple[Verdict, ...] = (
+"""Every verdict, in the order counts are listed."""
+VERDICT_URGENCY: tuple[Verdict, ...] = (
     "regressed",
     "incomparable",
     "improved",
     "new",
     "unchanged",
 )
-"""A test's verdict is the first of these that any of its gating meters has."""
+"""Most urgent first: a test's verdict is the first of these that any of its gating meters has,
+and reports list rows and families in this order. The one ranking of verdicts."""
 
 QUANTITY_UNITS = {"tec": "J", "iec": "J/sample", "full_cycle": "J", "greenness": "1/J"}
 QUANTITY_LABELS = {"tec": "TEC", "iec": "IEC", "full_cycle": "E", "greenness": "G"}
@@ -139,22 +142,6 @@ class QuantityComparison:
         name = QUANTITY_LABELS[self.quantity]
         return name if self.usage is None else f"{name}(MUI={format_usage(self.usage)})"
 
-    def describe_change(self) -> str:
-        """``IEC +20.1 % (1.2 µJ → 1.44 µJ, tolerance 5 %)``."""
-        change = "—" if self.change_percent is None else f"{self.change_percent:+.1f} %"
-        figures = (
-            f"{_format_value(self.baseline, self.unit)} → {_format_value(self.current, self.unit)}"
-        )
-        tolerance = (
-            "" if self.tolerance_percent is None else f", tolerance {self.tolerance_percent:g} %"
-        )
-        detectable = (
-            ""
-            if self.detectable_percent is None
-            else f", could detect ≥ {self.detectable_percent:.0f} %"
-        )
-        return f"{self.label} {change} ({figures}{tolerance}{detectable})"
-
 
 @dataclass(frozen=True)
 class MeterComparison:
@@ -188,6 +175,19 @@ class MeterComparison:
     def judged(self, verdict: Verdict) -> list[QuantityComparison]:
         """The quantities with this verdict, e.g. ``judged("regressed")``."""
         return [quantity for quantity in self.quantities if quantity.verdict == verdict]
+
+    def quantity(self, name: str, usage: float | None = None) -> QuantityComparison | None:
+        """``quantity("tec")``, ``quantity("full_cycle", 1e6)``; ``None`` when not compared."""
+        return next((q for q in self.quantities if q.quantity == name and q.usage == usage), None)
+
+    @property
+    def full_cycle(self) -> dict[float, QuantityComparison]:
+        """E(MUI) comparisons by usage."""
+        return {
+            q.usage: q
+            for q in self.quantities
+            if q.quantity == "full_cycle" and q.usage is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,25 @@ class ComparisonReport:
             if meter.verdict == verdict and (meter.gating or not gating)
         ]
 
+    def meter_of(self, nodeid: str, meter: str) -> MeterComparison | None:
+        """One test's comparison under one meter; ``None`` when that pair was not compared."""
+        test = next((test for test in self.tests if test.nodeid == nodeid), None)
+        return None if test is None else test.meter(meter)
+
+    @property
+    def baseline_sources(self) -> tuple[str, ...]:
+        """The baseline files compared against, sorted."""
+        return tuple(
+            sorted(
+                {
+                    meter.baseline_source
+                    for test in self.tests
+                    for meter in test.meters
+                    if meter.baseline_source is not None
+                }
+            )
+        )
+
     @property
     def regressed(self) -> bool:
         """True when a gating meter found a regression: the run should fail."""
@@ -272,14 +291,6 @@ def _meter_dict(meter: MeterComparison) -> dict[str, Any]:
         {**asdict(quantity), "label": quantity.label} for quantity in meter.quantities
     ]
     return data
-
-
-def _format_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "1/J":
-        return f"{value:.3g} /J"
-    return format_joules(value) + ("/sample" if unit == "J/sample" else "")
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -332,7 +343,7 @@ def _company_difference(kind: str, before: Mapping[str, Any], now: Mapping[str, 
     The counted meter's dispatch mode slows every operator in a training window, and a timed
     meter in that window charges the slowdown. Records without ``alongside`` are not checked.
     """
-    if kind == "counted" or "alongside" not in before or "alongside" not in now:
+    if capabilities(kind).counts_operations or "alongside" not in before or "alongside" not in now:
         return None
     counted_before = "counted" in before["alongside"]
     counted_now = "counted" in now["alongside"]
@@ -474,7 +485,7 @@ def compare_meter(
     """
     now = current.record["meters"][meter]
     kind = str(now.get("kind"))
-    rule: Rule = "exact" if kind == "counted" else ("pairs" if paired else "history")
+    rule: Rule = "exact" if capabilities(kind).deterministic else ("pairs" if paired else "history")
     common = {"meter": meter, "kind": kind, "gating": gating, "rule": rule}
     if baseline is None or meter not in baseline.record.get("meters", {}):
         return MeterComparison(**common, verdict="new", reason="no baseline for this test")
@@ -484,7 +495,7 @@ def compare_meter(
     if before.get("kind") != kind:
         reason = f"baseline measured by a {before.get('kind')} meter, this run by a {kind} one"
     elif (
-        kind != "counted"
+        not capabilities(kind).deterministic
         and baseline.provenance.profile is not None
         and current.provenance.profile is not None
     ):
@@ -530,12 +541,13 @@ def compare_meter(
             return before_value, now_value, judge_exact(now_value, before_value, limit)
         return _session_decision(quantity, usage, sessions_now, sessions_before, limit, alpha, rule)
 
-    tec_now, tec_before = float(now["tec_joules"]), float(before["tec_joules"])
+    figures_now, figures_before = MeterFigures.from_json(now), MeterFigures.from_json(before)
+    tec_now, tec_before = figures_now.tec_joules, figures_before.tec_joules
     tec = judged("tec", None, limits.train, tec_now, tec_before)
     quantities = []
     if tec is not None:
         quantities.append(_quantity("tec", None, tec[0], tec[1], limits.train, tec[2]))
-    iec_now, iec_before = now.get("iec_joules_per_sample"), before.get("iec_joules_per_sample")
+    iec_now, iec_before = figures_now.iec_joules_per_sample, figures_before.iec_joules_per_sample
     iec = judged("iec", None, limits.inference, iec_now, iec_before)
     if iec is not None:
         quantities.append(_quantity("iec", None, iec[0], iec[1], limits.inference, iec[2]))
@@ -557,15 +569,13 @@ def compare_meter(
     for usage in sorted(float(mui) for mui in current.record.get("usage", [])):
         if iec is None:
             continue
-        exact_now = (
-            full_cycle_joules(tec_now, float(iec_now), usage) if iec_now is not None else None
+        full = judged(
+            "full_cycle",
+            usage,
+            limits.full_cycle,
+            figures_now.full_cycle_joules(usage),
+            figures_before.full_cycle_joules(usage),
         )
-        exact_before = (
-            full_cycle_joules(tec_before, float(iec_before), usage)
-            if iec_before is not None
-            else None
-        )
-        full = judged("full_cycle", usage, limits.full_cycle, exact_now, exact_before)
         if full is None:
             continue
         full_before, full_now, decision = full
@@ -593,19 +603,21 @@ def compare_meter(
     )
 
 
+def most_urgent(verdicts: Iterable[str | None]) -> Verdict:
+    """The first of ``verdicts`` in ``VERDICT_URGENCY`` (``new`` when none is known)."""
+    found = set(verdicts)
+    return next((verdict for verdict in VERDICT_URGENCY if verdict in found), "new")
+
+
 def _meter_verdict(quantities: Sequence[QuantityComparison]) -> Verdict:
-    verdicts = {quantity.verdict for quantity in quantities} - {None}
-    for verdict in ("regressed", "incomparable", "improved", "unchanged"):
-        if verdict in verdicts:
-            return verdict  # type: ignore[return-value]
-    return "new"
+    """A quantity that is merely ``new`` (no baseline inference) never outranks a judged one."""
+    return most_urgent(q.verdict for q in quantities if q.verdict != "new")
 
 
 def _test_verdict(meters: Iterable[MeterComparison]) -> Verdict:
     meters = list(meters)
     deciding = [meter for meter in meters if meter.gating] or meters
-    verdicts = {meter.verdict for meter in deciding}
-    return next((verdict for verdict in TEST_VERDICT_ORDER if verdict in verdicts), "new")
+    return most_urgent(meter.verdict for meter in deciding)
 
 
 def compare_snapshots(
@@ -656,70 +668,101 @@ def compare_snapshots(
     )
 
 
-def _first_three(nodeids: Sequence[str]) -> str:
-    return ", ".join(nodeids[:3]) + (", ..." if len(nodeids) > 3 else "")
+# --- reading a comparison back --------------------------------------------------------------
 
 
-def summary_lines(
-    report: ComparisonReport,
-    fail_on_improvement: bool = False,
-    verbose: bool = False,
-    collected: Collection[str] | None = None,
-) -> list[str]:
-    """Plain-text lines for a terminal: each finding with its quantities, then the counts.
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
-    Meters that do not gate are counted in one line each unless ``verbose``: on a shared
-    machine their noise would otherwise bury the findings that decide the exit status.
-    ``collected``: the node ids this session collected, so that baseline tests it did not
-    collect (deselected with ``-k``/``-m``, or gone) are told apart from those that ran and did
-    not pass.
+
+def _quantity_from_dict(data: Mapping[str, Any]) -> QuantityComparison | None:
+    name = data.get("quantity")
+    if name not in QUANTITY_UNITS:
+        return None
+    interval = data.get("interval_percent")
+    low, high = (_number(interval[0]), _number(interval[1])) if interval else (None, None)
+    sessions = data.get("sessions")
+    verdict = data.get("verdict")
+    return QuantityComparison(
+        quantity=name,
+        usage=_number(data.get("usage")),
+        unit=QUANTITY_UNITS[name],
+        baseline=_number(data.get("baseline")),
+        current=_number(data.get("current")),
+        change_percent=_number(data.get("change_percent")),
+        tolerance_percent=_number(data.get("tolerance_percent")),
+        verdict=verdict if verdict in VERDICTS else None,
+        note=str(data.get("note") or ""),
+        detectable_percent=_number(data.get("detectable_percent")),
+        interval_percent=None if low is None or high is None else (low, high),
+        sessions=sessions if isinstance(sessions, int) and not isinstance(sessions, bool) else None,
+        noise_hides_tolerance=bool(data.get("noise_hides_tolerance", False)),
+    )
+
+
+def _meter_from_dict(data: Mapping[str, Any]) -> MeterComparison:
+    kind = str(data.get("kind") or "")
+    verdict = data.get("verdict") or "new"
+    reason = str(data.get("reason") or "")
+    detection = str(data.get("detection") or "")
+    warnings = tuple(str(warning) for warning in data.get("warnings") or [])
+    if verdict not in VERDICTS:  # written by a newer version: never read as a pass
+        reason, detection, warnings = f"unknown verdict {verdict}", "", ()
+        verdict = "incomparable"
+    rule = data.get("rule")
+    if rule not in ("exact", "history", "pairs"):
+        rule = "exact" if capabilities(kind).deterministic else "history"
+    quantities = [_quantity_from_dict(item) for item in data.get("quantities") or []]
+    source = data.get("baseline_source")
+    return MeterComparison(
+        meter=str(data.get("meter")),
+        kind=kind,
+        gating=bool(data.get("gating", True)),
+        verdict=verdict,
+        rule=rule,
+        reason=reason,
+        warnings=warnings,
+        baseline_source=None if source is None else str(source),
+        detection=detection,
+        quantities=tuple(quantity for quantity in quantities if quantity is not None),
+    )
+
+
+def comparison_from_dict(data: Any) -> ComparisonReport:
+    """A ``ComparisonReport`` back from its ``to_dict()`` form (e.g. read from a results file).
+
+    The one reader of the comparison schema: reports render what it returns, so a verdict means
+    the same in the gate, the terminal and the markdown. A ``ComparisonReport`` is returned as
+    is; a verdict this version does not know reads as ``incomparable``, never as a pass.
     """
-    lines = []
-    not_gating: dict[str, Counter[str]] = {}
-    for test in report.tests:
-        for meter in test.meters:
-            if not meter.gating and not verbose:
-                not_gating.setdefault(meter.meter, Counter())[meter.verdict] += 1
-                continue
-            where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
-            against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
-            if meter.verdict == "regressed":
-                lines.append(f"REGRESSED {where}{against}")
-                lines += [f"    {q.describe_change()}" for q in meter.judged("regressed")]
-            elif meter.verdict == "improved":
-                fails = fail_on_improvement and meter.gating
-                lines.append(
-                    f"improved  {where}{against}: "
-                    + ("fails the run (--energy-fail-on-improvement); " if fails else "")
-                    + "the baseline is stale, refresh it with --energy-save"
-                )
-                lines += [f"    {q.describe_change()}" for q in meter.judged("improved")]
-            elif meter.verdict == "incomparable":
-                lines.append(f"incomparable {where}{against}: {meter.reason}")
-            elif meter.verdict == "new" and meter.gating:
-                lines.append(f"new       {where}: {meter.reason} (record one with --energy-save)")
-            elif meter.verdict == "unchanged" and meter.detection:
-                lines.append(f"unchanged {where}{against}")
-            if meter.detection and meter.verdict in ("regressed", "improved", "unchanged"):
-                lines.append(f"    {meter.detection}")
-            lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
-    ran = [nodeid for nodeid in report.not_run if collected is None or nodeid in collected]
-    deselected = [nodeid for nodeid in report.not_run if nodeid not in ran]
-    if ran:
-        lines.append(
-            f"not run   {len(ran)} test(s) of the baseline did not pass in this run "
-            f"({_first_three(ran)})"
+    if isinstance(data, ComparisonReport):
+        return data
+    if not isinstance(data, Mapping) or not isinstance(data.get("tests"), list):
+        raise ReportError(
+            "a comparison must be pytest-energy/comparison data (ComparisonReport.to_dict()), "
+            f"got {type(data).__name__}"
         )
-    if deselected:
-        lines.append(
-            f"deselected {len(deselected)} test(s) of the baseline were not collected in this "
-            f"run ({_first_three(deselected)}); --energy-save --energy-prune drops those that "
-            f"no longer exist"
+    tests = []
+    for test in data["tests"]:
+        meters = tuple(_meter_from_dict(meter) for meter in test.get("meters") or [])
+        verdict = test.get("verdict")
+        if not verdict:
+            verdict = _test_verdict(meters)
+        elif verdict not in VERDICTS:
+            verdict = "incomparable"
+        tests.append(
+            TestComparison(str(test.get("nodeid")), dict(test.get("labels") or {}), verdict, meters)
         )
-    for name, verdicts in not_gating.items():
-        tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
-        lines.append(f"not gating {name}: {tally} (each finding with -v)")
-    counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
-    how = f" ({report.provenance})" if report.provenance else ""
-    lines.append(f"gate {', '.join(report.gate) or '(none)'}{how}: {counts or 'no tests'}")
-    return lines
+    return ComparisonReport(
+        tests=tuple(tests),
+        gate=tuple(str(meter) for meter in data.get("gate") or []),
+        alpha=_number(data.get("alpha")) or DEFAULT_ALPHA,
+        not_run=tuple(str(nodeid) for nodeid in data.get("not_run") or []),
+        provenance=str(data.get("provenance") or ""),
+    )

@@ -34,7 +34,6 @@ from pytest_energy.gate.compare import (
     Recorded,
     compare_snapshots,
     default_gate,
-    summary_lines,
 )
 from pytest_energy.gate.profiles import Profile, cpu_fingerprint, make_profile, profile_for
 from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
@@ -55,6 +54,7 @@ from pytest_energy.gate.store import (
 )
 from pytest_energy.machine import machine_info
 from pytest_energy.meters.base import Meter
+from pytest_energy.report.terminal import summary_lines
 from pytest_energy.session import EnergySession
 
 OUTPUT_OPTIONS = ("--energy-json", "--energy-markdown", "--energy-plot")

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from pytest_energy.meters.base import Meter
+from pytest_energy.meters.base import Meter, capabilities
 from pytest_energy.meters.cputime import cpu_model_name
 
-CPU_METERS = ("cputime", "rapl")
 MAX_SLUG_CHARACTERS = 48
 _TRADEMARKS = re.compile(r"\((r|tm|c)\)|®|™", re.IGNORECASE)
 _FILLER_WORDS = re.compile(r"\b(cpu|processor|\d+-core)\b", re.IGNORECASE)
@@ -240,7 +239,7 @@ def gpu_fingerprint(meter: Meter, nvml: ModuleType | None = None) -> dict[str, A
 
 def profile_name(meter: str, kind: str, fingerprint: Mapping[str, Any]) -> str:
     """The file stem of a profile (see the module docstring)."""
-    if kind == "counted" or not fingerprint:
+    if capabilities(kind).deterministic or not fingerprint:
         return slug(meter)
     if "gpus" in fingerprint:
         names = [gpu.get("name", "unknown") for gpu in fingerprint["gpus"]]
@@ -288,7 +287,7 @@ def profile_from_results(document: Mapping[str, Any], meter: str, kind: str) -> 
             return Profile.from_dict(recorded[meter])
         except (KeyError, TypeError):
             pass
-    if kind == "counted":
+    if capabilities(kind).deterministic:
         return make_profile(meter, kind, {})
     machine = document.get("machine", {}) if isinstance(document.get("machine"), Mapping) else {}
     if meter == "nvml":

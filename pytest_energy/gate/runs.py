@@ -36,13 +36,13 @@ from pytest_energy.gate.compare import (
     Provenance,
     Recorded,
     compare_snapshots,
-    summary_lines,
 )
 from pytest_energy.gate.plugin import parse_alpha, parse_gate
 from pytest_energy.gate.profiles import profile_from_results
 from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
 from pytest_energy.gate.sessions import session_item
 from pytest_energy.gate.store import read_json, refuse_overwriting_inputs, validate_results
+from pytest_energy.report.terminal import summary_lines
 
 DEFAULT_PAIRS = 5
 DEFAULT_RECORD_SESSIONS = 5

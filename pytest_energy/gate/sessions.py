@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_energy.lifecycle import full_cycle_joules
+from pytest_energy.record import MeterFigures
 
 DEFAULT_KEEP_SESSIONS = 10
 """Sessions kept per baseline entry of a noisy meter (``--energy-keep-sessions``)."""
@@ -34,16 +34,15 @@ def session_item(
     view: Mapping[str, Any], usage: Sequence[float], provenance: Mapping[str, Any]
 ) -> dict[str, Any]:
     """One session's figures from a meter's view of a test record (the results schema)."""
-    tec = float(view["tec_joules"])
-    iec = view.get("iec_joules_per_sample")
+    figures = MeterFigures.from_json(view)
     rounds = list((view.get("inference") or {}).get("joules_per_sample") or [])
     return {
-        "tec_joules": tec,
-        "iec_joules_per_sample": None if iec is None else float(iec),
+        "tec_joules": figures.tec_joules,
+        "iec_joules_per_sample": figures.iec_joules_per_sample,
         "e_mui_joules": {
-            usage_key(mui): full_cycle_joules(tec, float(iec), float(mui))
+            usage_key(mui): figures.full_cycle_joules(mui)
             for mui in usage
-            if iec is not None
+            if figures.iec_joules_per_sample is not None
         },
         "inference_joules_per_sample": [float(value) for value in rounds],
         "provenance": dict(provenance),
@@ -90,7 +89,9 @@ def session_figure(
         return None if iec is None else float(iec)
     if quantity == "full_cycle" and usage is not None and tec is not None and iec is not None:
         stored = (session.get("e_mui_joules") or {}).get(usage_key(usage))
-        return float(stored) if stored is not None else full_cycle_joules(tec, iec, usage)
+        if stored is not None:
+            return float(stored)
+        return MeterFigures("", float(tec), float(iec)).full_cycle_joules(usage)
     return None
 
 

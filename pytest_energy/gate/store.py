@@ -50,7 +50,7 @@ from pytest_energy.gate.profiles import Profile, profile_from_results
 from pytest_energy.gate.sessions import DEFAULT_KEEP_SESSIONS, merge_sessions, session_item
 from pytest_energy.machine import machine_info
 from pytest_energy.metadata import run_metadata
-from pytest_energy.meters.base import KINDS
+from pytest_energy.meters.base import KINDS, capabilities
 from pytest_energy.results import SCHEMA as RESULTS_SCHEMA
 from pytest_energy.results import SCHEMA_VERSION as RESULTS_VERSION
 from pytest_energy.results import write_json_atomic
@@ -128,7 +128,7 @@ def baseline_entry(
         "meters": {meter: view},
         "recorded": {**provenance, "meter": dict(meter_description)},
     }
-    if view.get("kind") != "counted":
+    if not capabilities(str(view.get("kind"))).deterministic:
         entry["sessions"] = [session_item(view, record.get("usage") or [], provenance)]
     return entry
 

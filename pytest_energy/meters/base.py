@@ -16,6 +16,37 @@ MeterScope = Literal["process", "host", "device"]
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What the figures of a kind of meter can promise; read by the gate, results and fixture.
+
+    Attributes:
+        deterministic: the same work always reads the same figure, on any machine. The gate
+            judges it with the exact rule, its profile names no hardware, a baseline keeps no
+            session history and one inference round suffices.
+        counts_operations: figures come from counting the operators that ran (FLOPs, bytes
+            moved) in a torch dispatch mode: a window reads 0 J only when no operator ran, the
+            record carries FLOPs and bytes, and timed meters in the same window are slowed by
+            the counting, so the counting meter stops first.
+    """
+
+    deterministic: bool = False
+    counts_operations: bool = False
+
+
+KIND_CAPABILITIES: Mapping[str, Capabilities] = {
+    "measured": Capabilities(),
+    "estimated": Capabilities(),
+    "counted": Capabilities(deterministic=True, counts_operations=True),
+}
+"""The one place a meter kind's capabilities are defined (meters and JSON records alike)."""
+
+
+def capabilities(kind: str) -> Capabilities:
+    """The capabilities of a meter kind, e.g. of a record loaded from JSON (unknown: noisy)."""
+    return KIND_CAPABILITIES.get(kind, Capabilities())
+
+
+@dataclass(frozen=True)
 class Reading:
     """The energy of one window as seen by one meter.
 
@@ -46,6 +77,10 @@ class Reading:
     def joules(self) -> float:
         """Total energy of the window over all domains, in joules."""
         return float(sum(self.joules_by_domain.values()))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.kind)
 
 
 def check_reading(reading: Reading) -> None:
@@ -83,8 +118,8 @@ class Meter(abc.ABC):
     anything twice: ``process`` (this process only: cputime, counted), ``host`` (the whole
     machine: rapl) or ``device`` (every GPU the process sees: nvml).
 
-    ``deterministic``: the same work always reads the same figure (``counted``), so the gate
-    judges it with the exact rule; other meters are judged on the noise between sessions.
+    ``capabilities`` (from ``kind``, see ``Capabilities``): deterministic? counts operations?
+    ``deterministic`` repeats the first of them as a class attribute.
     """
 
     name: ClassVar[str]
@@ -93,6 +128,10 @@ class Meter(abc.ABC):
     round_seconds: ClassVar[float] = 0.0
     scope: ClassVar[MeterScope] = "process"
     deterministic: ClassVar[bool] = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.kind)
 
     @classmethod
     @abc.abstractmethod

@@ -103,13 +103,9 @@ def _line_label(row: Row) -> str:
     label = f"{row.label} [{row.family}]" if row.family != "—" else row.label
     if row.verdict not in ("regressed", "improved"):
         return label
-    compared = row.comparison
-    candidates = [
-        (f"E({format_mui(usage)})", change) for usage, change in sorted(compared.changes.items())
-    ]
-    candidates += [
-        (name, change) for name, change in (("TEC", compared.tec), ("IEC", compared.iec))
-    ]
+    changes = {} if row.comparison is None else row.comparison.full_cycle
+    candidates = [(f"E({format_mui(usage)})", change) for usage, change in sorted(changes.items())]
+    candidates += [("TEC", row.tec_change), ("IEC", row.iec_change)]
     judged = [
         (name, change.change_percent)
         for name, change in candidates
@@ -145,7 +141,7 @@ def _draw_full_cycle(
         cost = row.cost
         if cost is None:
             continue
-        values = [cost.full_cycle_joules(mui) for mui in points]
+        values = [row.joules_at(mui) for mui in points]
         label = _line_label(row)
         linestyle: Any = (
             "--" if any(row is entry.reference for entry in lifecycle.break_evens) else "-"
@@ -169,7 +165,7 @@ def _draw_full_cycle(
     for entry in lifecycle.break_evens:
         if entry.usage is None or entry.row.cost is None:
             continue
-        joules = entry.row.cost.full_cycle_joules(entry.usage)
+        joules = entry.row.joules_at(entry.usage)
         axes.plot(
             [entry.usage],
             [joules],

@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pytest_energy.carbon import CarbonIntensity
+from pytest_energy.gate.compare import QuantityComparison
 from pytest_energy.report.model import (
     BreakEven,
     MeterLifecycle,
     Report,
     Row,
-    UsageChange,
     build_report,
 )
 from pytest_energy.report.units import (
@@ -269,7 +269,7 @@ def _energy_cell(row: Row, usage: float, units: RowUnits) -> str:
     return _figure_cell(format_in(joules, units.full_cycle[usage]), row.change(usage))
 
 
-def _figure_cell(text: str, change: UsageChange | None) -> str:
+def _figure_cell(text: str, change: QuantityComparison | None) -> str:
     if change is None or change.change_percent is None:
         return text
     text += f" ({format_change(change.change_percent)})"
@@ -278,16 +278,16 @@ def _figure_cell(text: str, change: UsageChange | None) -> str:
 
 def _row_cells(row: Row, usage: Sequence[float], units: RowUnits | None = None) -> list[str]:
     verdict = VERDICT_LABELS.get(row.verdict, row.verdict)
-    if row.comparison.note:
-        verdict += f": {row.comparison.note}"
+    if row.note:
+        verdict += f": {row.note}"
     units = units or row_units([row], usage)
     return [
         row.method,
         row.model,
         format_fraction(row.accuracy),
         f"`{row.meter}` ({row.kind})",
-        _figure_cell(format_in(row.tec_joules, units.tec), row.comparison.tec),
-        _figure_cell(format_in(row.iec_joules_per_sample, units.iec), row.comparison.iec),
+        _figure_cell(format_in(row.tec_joules, units.tec), row.tec_change),
+        _figure_cell(format_in(row.iec_joules_per_sample, units.iec), row.iec_change),
         *(_energy_cell(row, mui, units) for mui in usage),
         verdict,
     ]
@@ -588,8 +588,8 @@ def _render(report: Report, detail: Detail) -> str:
     lines = [MARKER, "## ⚡ pytest-energy", "", headline(report), ""]
     lines += _environment(report)
     lines.append("")
-    if report.comparison is not None and report.comparison.removed:
-        removed = _listed(list(report.comparison.removed), limit=10)
+    if report.comparison is not None and report.comparison.not_run:
+        removed = _listed(list(report.comparison.not_run), limit=10)
         lines += [f"**In the baseline but not run now:** {removed}", ""]
     if not report.rows:
         lines += ["No lifecycle test measured anything.", ""]

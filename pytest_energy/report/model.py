@@ -15,71 +15,32 @@ break-even points moved.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_energy.carbon import CarbonIntensity, resolve_intensity
-from pytest_energy.errors import ConfigError, ReportError
+from pytest_energy.errors import ConfigError
+from pytest_energy.gate.compare import (
+    VERDICT_URGENCY,
+    ComparisonReport,
+    MeterComparison,
+    QuantityComparison,
+    comparison_from_dict,
+    most_urgent,
+)
+from pytest_energy.gate.compare import default_gate as gate_default
 from pytest_energy.latency import latency_summary
 from pytest_energy.lifecycle import LifecycleCost, break_even_usage, pareto_front
+from pytest_energy.record import MeterFigures, TestRecord
 from pytest_energy.report.tasks import assign_tasks, parse_references, task_order
 
-VERDICTS = ("regressed", "incomparable", "improved", "new", "unchanged")
-"""Every verdict, most urgent first: the order rows are listed in."""
+VERDICTS = VERDICT_URGENCY
+"""Every verdict, most urgent first (the gate's one ranking): the order rows are listed in."""
 
 REFERENCE_AUTO = "auto"
 """Pick the reference row by its labels: ``family: baseline`` or ``method: uncompressed``."""
 _AUTO_REFERENCE_LABELS = (("family", "baseline"), ("method", "uncompressed"))
-_GATE_KIND_PREFERENCE = ("measured", "counted", "estimated")
-
-
-@dataclass(frozen=True)
-class UsageChange:
-    """One figure now and in the baseline, and the change in percent (TEC, IEC or E(MUI))."""
-
-    usage: float
-    baseline_joules: float | None
-    current_joules: float | None
-    change_percent: float | None
-    verdict: str
-
-
-@dataclass(frozen=True)
-class RowComparison:
-    """How one test × meter compares with the baseline.
-
-    ``changes`` holds E(MUI) per usage; ``tec`` and ``iec`` the training and inference figures;
-    ``note`` why a verdict is ``new`` or ``incomparable``, and any warning.
-    """
-
-    verdict: str
-    changes: Mapping[float, UsageChange] = field(default_factory=dict)
-    note: str = ""
-    gating: bool = True
-    tec: UsageChange | None = None
-    iec: UsageChange | None = None
-    tolerances: frozenset[float] = frozenset()
-    baseline_source: str | None = None
-
-
-NEW = RowComparison("new")
-
-
-@dataclass(frozen=True)
-class ComparisonView:
-    """A comparison reduced to what a report shows.
-
-    ``rows`` is keyed by (node id, meter name); ``test_verdicts`` by node id; ``gate`` names
-    the meters whose verdicts decide; ``removed`` lists baseline tests with no current result.
-    """
-
-    rows: Mapping[tuple[str, str], RowComparison]
-    test_verdicts: Mapping[str, str] = field(default_factory=dict)
-    gate: tuple[str, ...] = ()
-    baseline_sources: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,12 +54,13 @@ class Row:
     meter: str
     kind: str
     accuracy: float | None
-    tec_joules: float
-    iec_joules_per_sample: float | None
-    full_cycle_joules: Mapping[float, float | None]
-    greenness: Mapping[float, float | None]
+    figures: MeterFigures
+    """TEC and IEC; E(MUI) and G(MUI) are derived by the record, never here."""
+    usage: tuple[float, ...]
+    tau: float
     tolerance: float | None
-    comparison: RowComparison
+    comparison: MeterComparison | None
+    """The gate's comparison of this test under this meter (``None``: not compared)."""
     gating: bool = True
     task: str = ""
     """The task the row is compared within (``report.tasks``): dataset, lineage or label."""
@@ -107,29 +69,67 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        return self.comparison.verdict
+        return "new" if self.comparison is None else self.comparison.verdict
+
+    @property
+    def note(self) -> str:
+        """Why the verdict is ``new`` or ``incomparable``, what it could detect, and warnings."""
+        if self.comparison is None:
+            return ""
+        compared = self.comparison
+        notes = [compared.reason, compared.detection, *compared.warnings]
+        return "; ".join(note for note in notes if note)
+
+    @property
+    def tec_change(self) -> QuantityComparison | None:
+        return None if self.comparison is None else self.comparison.quantity("tec")
+
+    @property
+    def iec_change(self) -> QuantityComparison | None:
+        return None if self.comparison is None else self.comparison.quantity("iec")
+
+    @property
+    def tolerances(self) -> frozenset[float]:
+        """The E(MUI) tolerances (fractions) this row was judged with."""
+        changes = {} if self.comparison is None else self.comparison.full_cycle
+        return frozenset(
+            q.tolerance_percent / 100 for q in changes.values() if q.tolerance_percent is not None
+        )
+
+    @property
+    def tec_joules(self) -> float:
+        return self.figures.tec_joules
+
+    @property
+    def iec_joules_per_sample(self) -> float | None:
+        return self.figures.iec_joules_per_sample
+
+    @property
+    def full_cycle_joules(self) -> dict[float, float | None]:
+        """E(MUI) at each of the test's usages (``None`` values without inference)."""
+        return {mui: self.figures.full_cycle_joules(mui) for mui in self.usage}
+
+    @property
+    def greenness(self) -> dict[float, float | None]:
+        """G(MUI) at each of the test's usages."""
+        return {mui: self.figures.greenness(mui, self.accuracy, self.tau) for mui in self.usage}
 
     @property
     def cost(self) -> LifecycleCost | None:
-        if self.iec_joules_per_sample is None:
-            return None
-        return LifecycleCost(self.tec_joules, self.iec_joules_per_sample)
+        return self.figures.cost
 
     @property
     def label(self) -> str:
         """How the row is named in lifecycle tables: method, and model when there is one."""
         return f"{self.method} ({self.model})" if self.model else self.method
 
-    def change(self, usage: float) -> UsageChange | None:
-        return self.comparison.changes.get(usage)
+    def change(self, usage: float) -> QuantityComparison | None:
+        """The gate's E(MUI) comparison at ``usage``."""
+        return None if self.comparison is None else self.comparison.full_cycle.get(usage)
 
     def joules_at(self, usage: float) -> float | None:
-        """E(MUI) at any usage ≥ 0 from TEC and IEC (the stored figure where there is one)."""
-        stored = self.full_cycle_joules.get(usage)
-        if stored is not None:
-            return stored
-        cost = self.cost
-        return None if cost is None else cost.full_cycle_joules(usage)
+        """E(MUI) at any usage ≥ 0 from TEC and IEC."""
+        return self.figures.full_cycle_joules(usage)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class Report:
     machine: dict[str, Any]
     created: str | None
     carbon: CarbonIntensity
-    comparison: ComparisonView | None
+    comparison: ComparisonReport | None
     lifecycles: list[MeterLifecycle]
     reference: str
     gate: tuple[str, ...]
@@ -241,9 +241,13 @@ class Report:
         verdicts: dict[str, list[str]] = {}
         for row in self.main_rows:
             verdicts.setdefault(row.nodeid, []).append(row.verdict)
-        given = self.comparison.test_verdicts if self.comparison is not None else {}
+        given = (
+            {test.nodeid: test.verdict for test in self.comparison.tests}
+            if self.comparison is not None
+            else {}
+        )
         return {
-            nodeid: given.get(nodeid) or worst_verdict(found) for nodeid, found in verdicts.items()
+            nodeid: given.get(nodeid) or most_urgent(found) for nodeid, found in verdicts.items()
         }
 
     def verdict_counts(self) -> dict[str, int]:
@@ -263,8 +267,8 @@ class Report:
         """The E(MUI) tolerances the gating rows were judged with (fractions), sorted."""
         found: set[float] = set()
         for row in self.main_rows:
-            if row.comparison.tolerances:
-                found |= row.comparison.tolerances
+            if row.tolerances:
+                found |= row.tolerances
             elif row.tolerance is not None:
                 found.add(row.tolerance)
         return sorted(found)
@@ -276,12 +280,8 @@ def row_order(row: Row) -> tuple[int, str, str, str]:
 
 
 def default_gate(kinds: Mapping[str, str]) -> tuple[str, ...]:
-    """The meters that gate when none is named: measured, else counted, else estimated ones."""
-    for wanted in _GATE_KIND_PREFERENCE:
-        chosen = sorted(meter for meter, kind in kinds.items() if kind == wanted)
-        if chosen:
-            return tuple(chosen)
-    return tuple(sorted(kinds))
+    """The gate's default (``gate.compare.default_gate``); every meter when no kind is known."""
+    return tuple(gate_default(kinds)) or tuple(sorted(kinds))
 
 
 def _method_name(nodeid: str, labels: Mapping[str, Any]) -> str:
@@ -298,24 +298,18 @@ def _tolerance(result: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _row_verdict(compared: RowComparison | None) -> RowComparison:
-    if compared is None or compared.verdict in VERDICTS:
-        return compared or NEW
-    return RowComparison("incomparable", compared.changes, f"unknown verdict {compared.verdict}")
-
-
 def result_rows(
     tests: Mapping[str, Mapping[str, Any]],
-    comparison: ComparisonView | None = None,
+    comparison: ComparisonReport | None = None,
     gate: Sequence[str] | None = None,
 ) -> list[Row]:
     """One row per test × meter of a results document's ``tests``, most urgent first."""
     rows = []
     for nodeid, result in tests.items():
-        labels = result.get("labels", {}) or {}
-        for meter, view in (result.get("meters", {}) or {}).items():
-            points = view.get("full_cycle", []) or []
-            compared = comparison.rows.get((nodeid, meter)) if comparison is not None else None
+        record = TestRecord.from_json(result)
+        labels = record.labels
+        for meter, figures in record.meters.items():
+            compared = comparison.meter_of(nodeid, meter) if comparison is not None else None
             rows.append(
                 Row(
                     nodeid=nodeid,
@@ -323,14 +317,13 @@ def result_rows(
                     method=_method_name(nodeid, labels),
                     model=str(labels.get("model") or ""),
                     meter=meter,
-                    kind=str(view.get("kind", "")),
-                    accuracy=result.get("accuracy"),
-                    tec_joules=float(view.get("tec_joules") or 0.0),
-                    iec_joules_per_sample=view.get("iec_joules_per_sample"),
-                    full_cycle_joules={float(p["usage"]): p.get("joules") for p in points},
-                    greenness={float(p["usage"]): p.get("greenness") for p in points},
+                    kind=figures.kind,
+                    accuracy=record.accuracy,
+                    figures=figures,
+                    usage=record.usage,
+                    tau=record.tau,
                     tolerance=_tolerance(result),
-                    comparison=_row_verdict(compared),
+                    comparison=compared,
                     gating=gate is None or meter in gate,
                 )
             )
@@ -477,14 +470,14 @@ def _baseline_costs(documents: Sequence[Mapping[str, Any]]) -> dict[tuple[str, s
     for document in documents:
         for nodeid, result in (document.get("tests") or {}).items():
             for meter, view in (result.get("meters") or {}).items():
-                iec = view.get("iec_joules_per_sample")
-                if iec is not None and view.get("tec_joules") is not None:
-                    costs[(nodeid, meter)] = LifecycleCost(float(view["tec_joules"]), float(iec))
+                cost = MeterFigures.from_json(view).cost
+                if cost is not None and view.get("tec_joules") is not None:
+                    costs[(nodeid, meter)] = cost
     return costs
 
 
 def _baseline_info(
-    documents: Sequence[Mapping[str, Any]], comparison: ComparisonView | None
+    documents: Sequence[Mapping[str, Any]], comparison: ComparisonReport | None
 ) -> BaselineInfo:
     profiles, sources, commits, dates = set(), set(), set(), set()
     for document in documents:
@@ -512,7 +505,7 @@ def _baseline_info(
 
 
 def _usage_columns(rows: Iterable[Row]) -> list[float]:
-    return sorted({usage for row in rows for usage in row.full_cycle_joules})
+    return sorted({usage for row in rows for usage in row.usage})
 
 
 def build_report(
@@ -525,15 +518,12 @@ def build_report(
 ) -> Report:
     """The report of a results document, with an optional comparison and baseline documents.
 
-    ``comparison``: a ``ComparisonReport``, its ``to_dict()`` or a ``ComparisonView``.
+    ``comparison``: a ``ComparisonReport`` or its ``to_dict()`` (read by the gate's one loader,
+    ``comparison_from_dict``).
     ``baseline``: baseline (or results) documents, or loaded ``BaselineFile`` objects, one or a
     list; they let the lifecycle view say how break-even points moved.
     """
-    view = (
-        comparison
-        if comparison is None or isinstance(comparison, ComparisonView)
-        else comparison_view(comparison)
-    )
+    view = None if comparison is None else comparison_from_dict(comparison)
     tests = results.get("tests", {}) or {}
     kinds = {
         meter: str(record.get("kind", ""))
@@ -579,95 +569,4 @@ def build_report(
         reference=reference or REFERENCE_AUTO,
         gate=tuple(gate),
         baseline=_baseline_info(documents, view),
-    )
-
-
-# --- reading a comparison -------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def worst_verdict(verdicts: Iterable[str]) -> str:
-    """The most urgent of ``verdicts`` in ``VERDICTS`` order (``new`` when there are none)."""
-    known = [verdict for verdict in verdicts if verdict in VERDICTS]
-    return min(known, key=VERDICTS.index) if known else "new"
-
-
-def _change(quantity: Mapping[str, Any]) -> UsageChange:
-    return UsageChange(
-        usage=_number(quantity.get("usage")) or 0.0,
-        baseline_joules=_number(quantity.get("baseline")),
-        current_joules=_number(quantity.get("current")),
-        change_percent=_number(quantity.get("change_percent")),
-        verdict=str(quantity.get("verdict") or "unchanged"),
-    )
-
-
-def _meter_comparison(meter: Mapping[str, Any]) -> RowComparison:
-    changes: dict[float, UsageChange] = {}
-    figures: dict[str, UsageChange] = {}
-    tolerances: set[float] = set()
-    for quantity in meter.get("quantities", []) or []:
-        name = quantity.get("quantity")
-        if name == "full_cycle" and _number(quantity.get("usage")) is not None:
-            change = _change(quantity)
-            changes[change.usage] = change
-            tolerance = _number(quantity.get("tolerance_percent"))
-            if tolerance is not None:
-                tolerances.add(tolerance / 100)
-        elif name in ("tec", "iec"):
-            figures[name] = _change(quantity)
-    notes = [str(meter.get("reason") or ""), str(meter.get("detection") or "")]
-    notes += [str(warning) for warning in meter.get("warnings", []) or []]
-    return RowComparison(
-        verdict=str(meter.get("verdict") or "new"),
-        changes=changes,
-        note="; ".join(note for note in notes if note),
-        gating=bool(meter.get("gating", True)),
-        tec=figures.get("tec"),
-        iec=figures.get("iec"),
-        tolerances=frozenset(tolerances),
-        baseline_source=meter.get("baseline_source"),
-    )
-
-
-def comparison_view(comparison: Any) -> ComparisonView:
-    """Read a comparison into a ``ComparisonView``.
-
-    ``comparison`` is a ``pytest_energy.gate.compare.ComparisonReport``, its ``to_dict()`` or that
-    dict read back from JSON (schema ``pytest-energy/comparison``): ``tests`` with a verdict
-    each, and per meter its verdict, whether it gates, why (``reason``, ``warnings``) and the
-    quantities TEC, IEC and E(MUI) per usage with their baseline, current and change in percent.
-    """
-    data = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
-    if not isinstance(data, Mapping) or not isinstance(data.get("tests"), list):
-        raise ReportError(
-            "a comparison must be pytest-energy/comparison data (ComparisonReport.to_dict()), "
-            f"got {type(data).__name__}"
-        )
-    rows: dict[tuple[str, str], RowComparison] = {}
-    test_verdicts: dict[str, str] = {}
-    for test in data["tests"]:
-        nodeid = str(test.get("nodeid"))
-        for meter in test.get("meters", []) or []:
-            rows[(nodeid, str(meter.get("meter")))] = _meter_comparison(meter)
-        if test.get("verdict"):
-            test_verdicts[nodeid] = str(test["verdict"])
-    sources = sorted(
-        {row.baseline_source for row in rows.values() if row.baseline_source is not None}
-    )
-    return ComparisonView(
-        rows=rows,
-        test_verdicts=test_verdicts,
-        gate=tuple(str(meter) for meter in data.get("gate", []) or []),
-        baseline_sources=tuple(sources),
-        removed=tuple(str(nodeid) for nodeid in data.get("not_run", []) or []),
     )

@@ -1,4 +1,5 @@
-"""The table printed at the end of a ``--energy`` run: one block per family, one row per meter.
+"""The table printed at the end of a ``--energy`` run: one block per family, one row per meter;
+and the gate's findings as terminal lines (``summary_lines``).
 
 With several tasks (``report.tasks``: a ``task`` or ``dataset`` label, or a reference's model
 lineage) each task gets its own heading and family blocks; within a test the gating meter's
@@ -7,12 +8,14 @@ row comes first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tabulate import tabulate
 
+from pytest_energy.gate.compare import ComparisonReport, QuantityComparison
 from pytest_energy.latency import latency_summary
 from pytest_energy.report.model import default_gate
 from pytest_energy.report.tasks import assign_tasks, task_order
@@ -20,6 +23,7 @@ from pytest_energy.report.units import (
     column_unit,
     format_fraction,
     format_in,
+    format_joules,
     format_latency,
     format_rate,
     format_usage,
@@ -194,3 +198,103 @@ def _task_table(tests: Mapping[str, Mapping[str, Any]], gate: Sequence[str]) -> 
             f"family: {family}\n" + tabulate(rows, headers=headers, disable_numparse=True)
         )
     return "\n\n".join(blocks)
+
+
+# --- the gate's comparison as terminal lines --------------------------------------------------
+
+
+def _format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "1/J":
+        return f"{value:.3g} /J"
+    return format_joules(value) + ("/sample" if unit == "J/sample" else "")
+
+
+def describe_change(quantity: QuantityComparison) -> str:
+    """``IEC +20.1 % (1.2 µJ → 1.44 µJ, tolerance 5 %)``."""
+    change = "—" if quantity.change_percent is None else f"{quantity.change_percent:+.1f} %"
+    figures = (
+        f"{_format_value(quantity.baseline, quantity.unit)} → "
+        f"{_format_value(quantity.current, quantity.unit)}"
+    )
+    tolerance = (
+        ""
+        if quantity.tolerance_percent is None
+        else f", tolerance {quantity.tolerance_percent:g} %"
+    )
+    detectable = (
+        ""
+        if quantity.detectable_percent is None
+        else f", could detect ≥ {quantity.detectable_percent:.0f} %"
+    )
+    return f"{quantity.label} {change} ({figures}{tolerance}{detectable})"
+
+
+def _first_three(nodeids: Sequence[str]) -> str:
+    return ", ".join(nodeids[:3]) + (", ..." if len(nodeids) > 3 else "")
+
+
+def summary_lines(
+    report: ComparisonReport,
+    fail_on_improvement: bool = False,
+    verbose: bool = False,
+    collected: Collection[str] | None = None,
+) -> list[str]:
+    """Plain-text lines for a terminal: each finding with its quantities, then the counts.
+
+    Meters that do not gate are counted in one line each unless ``verbose``: on a shared
+    machine their noise would otherwise bury the findings that decide the exit status.
+    ``collected``: the node ids this session collected, so that baseline tests it did not
+    collect (deselected with ``-k``/``-m``, or gone) are told apart from those that ran and did
+    not pass.
+    """
+    lines = []
+    not_gating: dict[str, Counter[str]] = {}
+    for test in report.tests:
+        for meter in test.meters:
+            if not meter.gating and not verbose:
+                not_gating.setdefault(meter.meter, Counter())[meter.verdict] += 1
+                continue
+            where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
+            against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
+            if meter.verdict == "regressed":
+                lines.append(f"REGRESSED {where}{against}")
+                lines += [f"    {describe_change(q)}" for q in meter.judged("regressed")]
+            elif meter.verdict == "improved":
+                fails = fail_on_improvement and meter.gating
+                lines.append(
+                    f"improved  {where}{against}: "
+                    + ("fails the run (--energy-fail-on-improvement); " if fails else "")
+                    + "the baseline is stale, refresh it with --energy-save"
+                )
+                lines += [f"    {describe_change(q)}" for q in meter.judged("improved")]
+            elif meter.verdict == "incomparable":
+                lines.append(f"incomparable {where}{against}: {meter.reason}")
+            elif meter.verdict == "new" and meter.gating:
+                lines.append(f"new       {where}: {meter.reason} (record one with --energy-save)")
+            elif meter.verdict == "unchanged" and meter.detection:
+                lines.append(f"unchanged {where}{against}")
+            if meter.detection and meter.verdict in ("regressed", "improved", "unchanged"):
+                lines.append(f"    {meter.detection}")
+            lines += [f"warning   {where}: {warning}" for warning in meter.warnings]
+    ran = [nodeid for nodeid in report.not_run if collected is None or nodeid in collected]
+    deselected = [nodeid for nodeid in report.not_run if nodeid not in ran]
+    if ran:
+        lines.append(
+            f"not run   {len(ran)} test(s) of the baseline did not pass in this run "
+            f"({_first_three(ran)})"
+        )
+    if deselected:
+        lines.append(
+            f"deselected {len(deselected)} test(s) of the baseline were not collected in this "
+            f"run ({_first_three(deselected)}); --energy-save --energy-prune drops those that "
+            f"no longer exist"
+        )
+    for name, verdicts in not_gating.items():
+        tally = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+        lines.append(f"not gating {name}: {tally} (each finding with -v)")
+    counts = ", ".join(f"{count} {verdict}" for verdict, count in report.counts().items() if count)
+    how = f" ({report.provenance})" if report.provenance else ""
+    lines.append(f"gate {', '.join(report.gate) or '(none)'}{how}: {counts or 'no tests'}")
+    return lines

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pytest_energy.lifecycle import format_usage as format_usage  # MUI as scenarios are named
+
 _PREFIXES = (
     (1e9, "GJ"),
     (1e6, "MJ"),
@@ -30,16 +32,6 @@ def format_joules(joules: float | None, digits: int = 3) -> str:
             return f"{joules / scale:.{digits}g} {unit}"
     scale, unit = _PREFIXES[-1]
     return f"{joules / scale:.{digits}g} {unit}"
-
-
-def format_usage(usage: float) -> str:
-    """``1e6`` → ``"1e6"``, ``1500`` → ``"1500"``: how MUI scenarios are usually written."""
-    if usage >= 1e4 and float(usage).is_integer():
-        exponent = math.floor(math.log10(usage))
-        mantissa = usage / 10**exponent
-        if float(mantissa).is_integer():
-            return f"{int(mantissa)}e{exponent}" if mantissa != 1 else f"1e{exponent}"
-    return f"{usage:g}"
 
 
 def format_fraction(value: float | None) -> str:
