@@ -13,6 +13,7 @@ from pytest_energy.meters.cputime import (
     ChildProcessClock,
     CpuTimeMeter,
     children_cpu_seconds,
+    has_children,
     lookup_tdp_watts,
     match_tdp_watts,
     resolve_cpu_wattage,
@@ -176,6 +177,50 @@ def test_the_proc_clock_finds_a_living_child_with_its_cpu_time():
     finally:
         child.kill()
         child.wait()
+
+
+HAS_CHILDREN_BEFORE_DURING_AFTER = """
+import subprocess, sys
+from pytest_energy.meters.cputime import ChildProcessClock, has_children
+
+clock = ChildProcessClock()
+before = has_children(), clock.snapshot()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+during = has_children(), len(clock.snapshot())
+child.kill()
+child.wait()
+print(before, during, has_children())
+"""
+
+
+def test_a_process_without_children_skips_the_scan_and_one_with_a_child_is_scanned():
+    # a fresh process: pytest's own process may hold children of other tests
+    done = subprocess.run(
+        [sys.executable, "-c", HAS_CHILDREN_BEFORE_DURING_AFTER],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split("\n")[0] == "(False, {}) (True, 1) False"
+
+
+def test_a_child_that_ended_but_was_not_waited_for_still_counts_as_a_child():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not child_is_a_zombie(child.pid):
+        time.sleep(0.02)
+    try:
+        assert has_children()  # its CPU time reaches the waited clock only once it is waited for
+    finally:
+        child.wait()
+
+
+def child_is_a_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_a_training_phase_that_runs_a_worker_process_is_charged_for_it(pytester):

@@ -15,7 +15,8 @@ charges:
   ``_native_multi_head_attention``, the fused ``_transformer_encoder_layer_fwd``, recurrent
   layers (``mkldnn_rnn_layer``, ``_cudnn_rnn``, ``miopen_rnn`` and their backwards; cells and
   GRU/RNN decompose to mm/addmm), ``mv``/``addmv``/``dot``/``addbmm``/``_addmm_activation``/
-  ``_int_mm``/``_cdist_forward``, eager int8 operators (``quantized::conv2d``, ``linear`` ...
+  ``_int_mm``, ``torch.cdist``'s kernels (``_cdist_forward``/``_cdist_backward`` and
+  ``_euclidean_dist``, its matmul path), eager int8 operators (``quantized::conv2d``, ``linear`` ...
   with packed weights) and oneDNN's PT2E kernels (``onednn::qconv_pointwise``,
   ``qconv2d_pointwise``, ``qlinear_pointwise``, ``linear_dynamic_fp16``). A GEMM or conv
   whose operands both come straight from a ``dequantize`` (PT2E's reference q/dq form, which a
@@ -594,6 +595,24 @@ def _cdist(a: Mapping[str, Any], out: Any) -> int:
     return 2 * out.numel() * a["x1"].shape[-1]
 
 
+def _cdist_backward(a: Mapping[str, Any], out: Any) -> int:
+    """The gradient of ``x1``: one MAC per pair and dimension, as the forward."""
+    return 2 * a["grad_output"].numel() * a["x1"].shape[-1]
+
+
+def _euclidean_dist(a: Mapping[str, Any], out: Any) -> int:
+    """``torch.cdist``'s matmul path: ‖x‖² + ‖y‖² − 2 x yᵀ as one GEMM of padded operands.
+
+    The kernel appends the squared norm and a column of ones to each side, so its GEMM is
+    ``dim + 2`` wide (``batch × n × m × (dim + 2)`` MACs); the squared norms cost one MAC per
+    element of each input (``batch × (n + m) × dim``).
+    """
+    x1, x2 = a["x1"], a["x2"]
+    gemm = out.numel() * (int(x1.shape[-1]) + 2)
+    norms = x1.numel() + x2.numel()
+    return 2 * (gemm + norms)
+
+
 def _onednn_conv(a: Mapping[str, Any], out: Any) -> int:
     from torch.utils.flop_counter import conv_flop_count
 
@@ -631,6 +650,8 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten._addmm_activation": (_addmm_like, ("mat1", "mat2")),
     "aten._int_mm": (_int_mm, ("self", "mat2")),
     "aten._cdist_forward": (_cdist, ("x1", "x2")),
+    "aten._cdist_backward": (_cdist_backward, ("x1", "x2")),
+    "aten._euclidean_dist": (_euclidean_dist, ("x1", "x2")),
     "onednn.qconv_pointwise": (_onednn_conv, ("qx",)),
     "onednn.qconv2d_pointwise": (_onednn_conv, ("qx",)),
     "onednn.qlinear_pointwise": (_onednn_linear, ("qx",)),
