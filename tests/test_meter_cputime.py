@@ -8,6 +8,7 @@ import time
 import pytest
 
 from pytest_energy.errors import ConfigError
+from pytest_energy.meters.base import Bookkeeping, Meter, Reading, remove_bookkeeping
 from pytest_energy.meters.cputime import (
     DEFAULT_WATTS_PER_THREAD,
     ChildProcessClock,
@@ -246,3 +247,62 @@ def test_a_training_phase_that_runs_a_worker_process_is_charged_for_it(pytester)
     ]
     assert phase["details"]["children"]["cpu_seconds"] >= 0.25
     assert phase["joules_by_domain"]["children"] >= 2.5
+
+
+# --- another meter's bookkeeping in a shared window ------------------------------------------
+
+
+class MeterThatSpendsCpu(Meter):
+    """A meter whose own work inside every window costs ``cpu_seconds``."""
+
+    name = "busy"
+    kind = "counted"
+
+    def __init__(self, cpu_seconds: float) -> None:
+        self.cpu_seconds = cpu_seconds
+
+    @classmethod
+    def unavailable_reason(cls, **options):
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Reading:
+        return Reading(self.name, self.kind, 0.0, {"compute": 0.0})
+
+    def bookkeeping(self, reading: Reading) -> Bookkeeping:
+        return Bookkeeping(self.name, self.cpu_seconds, "a fixed cost, for the test")
+
+
+def test_another_meters_bookkeeping_is_taken_out_of_the_cputime_reading():
+    cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
+    busy = MeterThatSpendsCpu(cpu_seconds=0.05)
+    cputime.start()
+    busy_work(2_000_000)
+    readings = {"cputime": cputime.stop(), "busy": busy.stop()}
+    measured = readings["cputime"]
+
+    remove_bookkeeping([cputime, busy], readings)
+
+    corrected = readings["cputime"]
+    assert corrected.joules_by_domain["process"] == pytest.approx(
+        measured.joules_by_domain["process"] - 10.0 * 0.05
+    )
+    assert corrected.details["cpu_seconds"] == pytest.approx(measured.details["cpu_seconds"] - 0.05)
+    assert corrected.seconds == pytest.approx(measured.seconds - 0.05)
+    assert corrected.details["bookkeeping_removed"] == {
+        "busy": {"cpu_seconds": pytest.approx(0.05), "how": "a fixed cost, for the test"}
+    }
+
+
+def test_bookkeeping_never_takes_a_reading_below_zero_and_a_lone_meter_keeps_its_reading():
+    cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
+    cputime.start()
+    readings = {"cputime": cputime.stop()}
+    alone = dict(readings)
+    remove_bookkeeping([cputime], readings)
+    assert readings == alone
+    readings["busy"] = Reading("busy", "counted", 0.0, {"compute": 0.0})
+    remove_bookkeeping([cputime, MeterThatSpendsCpu(cpu_seconds=1e6)], readings)
+    assert readings["cputime"].joules_by_domain["process"] == 0.0

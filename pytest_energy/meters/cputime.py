@@ -6,6 +6,11 @@ edge counts for its CPU time inside the window, and a child that ended and was w
 the window counts through the kernel's children clock. Children come from ``/proc`` on Linux,
 else from psutil when it is installed; the reading's ``details`` say how many and from where.
 
+A meter sharing the window that spends CPU time on its own work inside it (``counted``'s
+dispatch mode) reports that time, and this meter takes it out of its reading
+(``without_bookkeeping``; ``details["bookkeeping_removed"]`` says how much and how it was
+obtained), so counting beside cputime is charged to nobody's TEC.
+
 The wattage comes, in order, from ``--energy-cpu-watts`` (watts per hardware thread), from
 the CPU's TDP in codecarbon's CPU table divided by the machine's hardware threads, or from a
 stated default. The reading's ``details`` say which, so an estimate is never mistaken for a
@@ -15,6 +20,7 @@ measurement.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -28,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
-from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.base import Bookkeeping, Meter, Reading
 
 DEFAULT_WATTS_PER_THREAD = 4.0
 """codecarbon's own fallback (``DEFAULT_POWER_PER_CORE``) when a CPU is not in its table."""
@@ -393,6 +399,31 @@ class CpuTimeMeter(Meter):
             kind=self.kind,
             seconds=wall_seconds,
             joules_by_domain=joules_by_domain,
+            details=details,
+        )
+
+    def without_bookkeeping(self, reading: Reading, spent: Bookkeeping) -> Reading:
+        """``reading`` less ``spent`` CPU seconds of this process (another meter's own work).
+
+        The window's wall seconds lose them too: the bookkeeping ran on the window's thread,
+        in line with the user's code. What was taken out is in ``details["bookkeeping_removed"]``.
+        """
+        watts = self.wattage.watts_per_thread
+        process_seconds = reading.joules_by_domain.get("process", 0.0) / watts
+        removed = min(spent.cpu_seconds, process_seconds)
+        details = dict(reading.details)
+        details["cpu_seconds"] = details.get("cpu_seconds", process_seconds) - removed
+        details["bookkeeping_removed"] = {
+            **details.get("bookkeeping_removed", {}),
+            spent.meter: {"cpu_seconds": removed, "how": spent.how},
+        }
+        return dataclasses.replace(
+            reading,
+            seconds=max(0.0, reading.seconds - removed),
+            joules_by_domain={
+                **reading.joules_by_domain,
+                "process": (process_seconds - removed) * watts,
+            },
             details=details,
         )
 
