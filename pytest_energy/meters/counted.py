@@ -51,7 +51,9 @@ own. In a window it shares with a timed meter (``energy.train``), counted report
 time (``bookkeeping``: its operator calls × the cost of one call, measured once per process by
 ``bookkeeping_seconds_per_call``) and the timed meter takes it out of its reading
 (``cputime`` does; ``rapl`` and ``nvml`` read whole-device counters and cannot), so the TEC
-of a timed meter is the same with or without counted beside it, within its noise.
+of a timed meter is the same with or without counted beside it, within its noise. The per-call
+cost is measured on a loop whose code stays in cache; a real step's kernels evict it, so what
+is taken out is a lower bound (``python -m benchmarks.overhead`` prints both).
 
 Not counted: work that bypasses the torch dispatcher (direct C++ kernels), higher-order
 operators (run, not counted), and operators run on threads other than the window's own
@@ -1341,7 +1343,8 @@ def bookkeeping_seconds_per_call() -> float:
     Measured once per process, on this thread's CPU clock, on a tiny training step (conv,
     linear, loss, backward, SGD: the operator mix of training, on tensors so small that the
     dispatch mode's cost dominates): batches of steps alternate with and without counting,
-    and the fastest of each is compared, since interference only ever adds time. Takes
+    and the fastest of each is compared, since interference only ever adds time. A lower
+    bound: in a real step the kernels evict the interpreter's caches between operators. Takes
     about 50 ms; the global random state is left as it was. 0 when it cannot be measured.
     """
     import torch
