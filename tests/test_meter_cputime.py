@@ -296,13 +296,16 @@ def test_another_meters_bookkeeping_is_taken_out_of_the_cputime_reading():
     }
 
 
-def test_bookkeeping_never_takes_a_reading_below_zero_and_a_lone_meter_keeps_its_reading():
+def test_bookkeeping_above_the_windows_own_cpu_time_is_named_not_removed():
     cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
     cputime.start()
     readings = {"cputime": cputime.stop()}
     alone = dict(readings)
     remove_bookkeeping([cputime], readings)
-    assert readings == alone
+    assert readings == alone  # a meter alone in its window keeps its reading
     readings["busy"] = Reading("busy", "counted", 0.0, {"compute": 0.0})
     remove_bookkeeping([cputime, MeterThatSpendsCpu(cpu_seconds=1e6)], readings)
-    assert readings["cputime"].joules_by_domain["process"] == 0.0
+    assert readings["cputime"].joules_by_domain == alone["cputime"].joules_by_domain
+    removed = readings["cputime"].details["bookkeeping_removed"]["busy"]
+    assert removed["cpu_seconds"] == 0.0
+    assert "not removed" in removed["how"]

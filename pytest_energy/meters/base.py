@@ -78,7 +78,7 @@ def remove_bookkeeping(meters: Sequence[Meter], readings: MutableMapping[str, Re
     for meter in meters:
         reading = readings.get(meter.name)
         spent = meter.bookkeeping(reading) if reading is not None else None
-        if spent is None or spent.cpu_seconds <= 0:
+        if spent is None:
             continue
         for other in meters:
             if other is not meter and other.name in readings:

@@ -1296,6 +1296,13 @@ class CountedMeter(Meter):
         if not calls:
             return None
         per_call = bookkeeping_seconds_per_call()
+        if not per_call:
+            return Bookkeeping(
+                meter=self.name,
+                cpu_seconds=0.0,
+                how=f"{calls} operator calls; counting's cost per call could not be measured "
+                f"in this process, so none was taken out",
+            )
         return Bookkeeping(
             meter=self.name,
             cpu_seconds=calls * per_call,

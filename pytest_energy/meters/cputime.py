@@ -407,15 +407,25 @@ class CpuTimeMeter(Meter):
 
         The window's wall seconds lose them too: the bookkeeping ran on the window's thread,
         in line with the user's code. What was taken out is in ``details["bookkeeping_removed"]``.
+        A figure not below the window's own CPU time is evidently wrong for this window (the
+        per-call cost was measured at another moment): it is named there and not removed,
+        rather than reading the window as 0 J.
         """
         watts = self.wattage.watts_per_thread
         process_seconds = reading.joules_by_domain.get("process", 0.0) / watts
-        removed = min(spent.cpu_seconds, process_seconds)
         details = dict(reading.details)
+        how = spent.how
+        removed = spent.cpu_seconds
+        if removed >= process_seconds:  # the per-call figure does not hold for this window
+            how = (
+                f"{how}; not removed: {removed:.3g} s is not below the window's own "
+                f"{process_seconds:.3g} CPU seconds"
+            )
+            removed = 0.0
         details["cpu_seconds"] = details.get("cpu_seconds", process_seconds) - removed
         details["bookkeeping_removed"] = {
             **details.get("bookkeeping_removed", {}),
-            spent.meter: {"cpu_seconds": removed, "how": spent.how},
+            spent.meter: {"cpu_seconds": removed, "how": how},
         }
         return dataclasses.replace(
             reading,
