@@ -11,7 +11,7 @@ side, and printed with the targets:
 * through the ``energy`` fixture, as users open windows: ``with energy.train(...)`` for each
   meter set, counted's slowdown of training steps in one ``energy.train`` window (with the
   counts of every run compared), and the cputime TEC of those steps with and without counted
-  beside it.
+  beside it (counting's own CPU time is taken out of cputime's reading: the row says how much).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tabulate import tabulate
 from pytest_energy.fixture import EnergyFixture, energy_fixture_with
 from pytest_energy.meters import MeterOptions, meter_class, probe_meters
 from pytest_energy.meters.base import Meter
+from pytest_energy.meters.counted import bookkeeping_seconds_per_call
 
 WINDOW_TARGET_MICROSECONDS = 20.0
 CODECARBON_FACTOR_TARGET = 25.0
@@ -157,7 +158,8 @@ def fixture_training(
 ) -> tuple[float, list[dict[str, float]], list[float]]:
     """CPU seconds of ``steps`` training steps in one ``energy.train`` window, per repeat.
 
-    Returns the fastest run's CPU seconds, each run's joules per meter and each run's counted
+    Returns the fastest run's CPU seconds, each run's joules per meter (with the CPU seconds of
+    bookkeeping cputime took out, under 'cputime bookkeeping removed') and each run's counted
     FLOPs (empty without counted), so a caller can check that every run counted the same.
     """
     seconds, joules, flops = [], [], []
@@ -171,6 +173,11 @@ def fixture_training(
         seconds.append(time.process_time() - started)
         readings = energy.phases[-1].readings
         joules.append({name: reading.joules for name, reading in readings.items()})
+        if "cputime" in readings:
+            removed = readings["cputime"].details.get("bookkeeping_removed", {})
+            joules[-1]["cputime bookkeeping removed"] = sum(
+                entry["cpu_seconds"] for entry in removed.values()
+            )
         if "counted" in readings:
             flops.append(readings["counted"].flops)
     return min(seconds), joules, flops
@@ -297,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     )
     if "cputime" in meters and "counted" in meters:
-        alone_joules, beside_joules = [], []
+        per_call_microseconds = bookkeeping_seconds_per_call() * 1e6  # measured once, up front
+        alone_joules, beside_joules, removed_seconds = [], [], []
         for repeat in range(args.repeats):
             pair = (
                 ([meters["cputime"]], [meters["cputime"], meters["counted"]])
@@ -307,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for setup in pair:
                 _, joules, _ = fixture_training(step, args.steps, setup, 1)
                 (beside_joules if len(setup) == 2 else alone_joules).append(joules[0]["cputime"])
+                if len(setup) == 2:
+                    removed_seconds.append(joules[0]["cputime bookkeeping removed"])
         alone = statistics.median(alone_joules)
         beside = statistics.median(beside_joules)
         spread = 100.0 * (max(alone_joules) - min(alone_joules)) / alone
@@ -315,7 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cputime TEC: alone vs beside counted (median J)",
                 f"{alone:.4f} vs {beside:.4f} ({100 * (beside / alone - 1):+.1f} %)",
                 "within noise" if abs(100 * (beside / alone - 1)) <= spread else "ABOVE NOISE",
-                f"alone's own spread (max − min) over {args.repeats} runs: {spread:.1f} %",
+                f"alone's own spread (max − min) over {args.repeats} runs: {spread:.1f} %; "
+                f"counting's CPU time taken out of cputime beside it: "
+                f"{statistics.median(removed_seconds) * 1e3:.1f} ms per run "
+                f"({per_call_microseconds:.2f} µs per operator call, measured at start)",
             ]
         )
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from pytest_energy.errors import ConfigError, MeasurementError, MeterUnavailable
 from pytest_energy.meters import METER_NAMES, MeterOptions, select_meters
-from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.base import Meter, Reading, remove_bookkeeping
 from pytest_energy.report.units import format_energy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,6 +128,7 @@ class Measurement:
         _open.name = None
         try:
             readings = {meter.name: meter.stop() for meter in reversed(self._meters)}
+            remove_bookkeeping(self._meters, readings)
         finally:
             self._close_meters()
         self.readings = {name: readings[name] for name in sorted(readings)}

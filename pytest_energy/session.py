@@ -11,7 +11,7 @@ from pytest_energy.config import LifecycleSettings
 from pytest_energy.distributed import current_rank_group
 from pytest_energy.errors import MeasurementError
 from pytest_energy.meters import MeterOptions, MeterSelection
-from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.base import Meter, Reading, remove_bookkeeping
 
 
 @dataclass
@@ -93,6 +93,7 @@ class EnergySession:
             self._open_window = None
             for meter in reversed(started):
                 readings[meter.name] = meter.stop()
+            remove_bookkeeping(started, readings)  # counting's own CPU time is nobody's TEC
 
     @contextlib.contextmanager
     def measure(self, name: str) -> Iterator[Charge]:

@@ -148,6 +148,30 @@ def test_backward_counts_about_twice_the_forward_in_training():
     assert 1.8 <= backward.flops / forward.flops <= 2.0
 
 
+# --- pairwise distances (torch.cdist: RKD, CC and FPGM in the benchmark) ----------------------
+
+
+def test_cdist_matmul_path_counts_its_gemm_and_the_norms():
+    # 30 and 40 rows take the matmul path: aten._euclidean_dist, x1 (B, n, d), x2 (B, m, d)
+    x1, x2 = torch.randn(2, 30, 5), torch.randn(2, 40, 5)
+    reading = count(lambda: torch.cdist(x1, x2))
+    gemm = 2 * 30 * 40 * (5 + 2)  # ‖x‖², 1 and −2x against 1, ‖y‖² and y: d + 2 wide
+    norms = 2 * 30 * 5 + 2 * 40 * 5  # one square-and-add per element of each input
+    assert reading.details["flops_by_operator"] == {"aten._euclidean_dist": 2 * (gemm + norms)}
+    assert reading.details["uncounted_operators"] == {}
+
+
+def test_cdist_direct_path_counts_one_mac_per_pair_and_dimension_forward_and_backward():
+    x1 = torch.randn(10, 5, requires_grad=True)
+    x2 = torch.randn(20, 5)
+    forward = count(lambda: torch.cdist(x1, x2, p=1))
+    assert forward.details["flops_by_operator"] == {"aten._cdist_forward": 2 * 10 * 20 * 5}
+    distances = torch.cdist(x1, x2, p=1).sum()
+    backward = count(distances.backward)
+    assert backward.details["flops_by_operator"] == {"aten._cdist_backward": 2 * 10 * 20 * 5}
+    assert backward.details["uncounted_operators"] == {}
+
+
 # --- low precision ----------------------------------------------------------------------------
 
 

@@ -15,13 +15,17 @@ import torch
 from torch import nn
 
 from pytest_energy.errors import ConfigError, MeasurementError
+from pytest_energy.fixture import energy_fixture_with
+from pytest_energy.meters import counted as counted_module
 from pytest_energy.meters.counted import (
     DEFAULT_ENERGY_TABLE_PICOJOULES,
     ENERGY_TABLE_SOURCE,
     CountedMeter,
+    bookkeeping_seconds_per_call,
     count,
     load_energy_table,
 )
+from pytest_energy.meters.cputime import CpuTimeMeter
 
 PICO = 1e-12
 FP32_MAC_PICOJOULES = 3.7 + 0.9
@@ -301,6 +305,51 @@ def test_backward_run_inside_a_window_is_counted_on_its_own():
     backward = count(loss.backward)
     # grad of weight: (4×2)@(2×8); the input needs no gradient.
     assert backward.details["flops_by_operator"] == {"aten.mm": 2 * 4 * 2 * 8}
+
+
+# --- counting's own cost in a window shared with a timed meter --------------------------------
+
+
+def test_the_cost_of_counting_one_call_is_measured_without_touching_the_users_seed():
+    rng_before = torch.random.get_rng_state()
+    per_call = bookkeeping_seconds_per_call()
+    assert 0 <= per_call < 1e-3  # seconds per call; 0 only where it could not be measured
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+
+
+def test_counting_states_its_own_cpu_time_as_calls_times_the_cost_of_one(monkeypatch):
+    monkeypatch.setattr(counted_module, "bookkeeping_seconds_per_call", lambda: 5e-6)
+    layer = nn.Linear(8, 4)
+    meter = CountedMeter()
+    meter.start()
+    layer(torch.randn(2, 8))
+    reading = meter.stop()
+    spent = meter.bookkeeping(reading)
+    assert spent.meter == "counted"
+    assert spent.cpu_seconds == pytest.approx(reading.details["operator_calls"] * 5e-6)
+    assert f"{reading.details['operator_calls']} operator calls × 5.00 µs" in spent.how
+    meter.start()
+    assert meter.bookkeeping(meter.stop()) is None  # an empty window cost nothing to count
+
+
+def test_a_train_window_shared_with_cputime_charges_counting_to_nobody():
+    cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
+    energy = energy_fixture_with([cputime, CountedMeter()], "test_meter_counted.py::shared")
+    layer = nn.Linear(64, 64)
+    with energy.train("steps"):
+        for _ in range(20):
+            layer(torch.randn(16, 64)).sum().backward()
+    readings = energy.phases[-1].readings
+    removed = readings["cputime"].details["bookkeeping_removed"]["counted"]
+    calls = readings["counted"].details["operator_calls"]
+    assert removed["cpu_seconds"] == pytest.approx(
+        min(
+            calls * bookkeeping_seconds_per_call(),
+            readings["cputime"].details["cpu_seconds"] + removed["cpu_seconds"],
+        )
+    )
+    assert readings["cputime"].joules_by_domain["process"] >= 0
+    assert readings["counted"].details.get("bookkeeping_removed") is None  # counted is exact
 
 
 # --- the energy table -----------------------------------------------------------------------

@@ -8,11 +8,13 @@ import time
 import pytest
 
 from pytest_energy.errors import ConfigError
+from pytest_energy.meters.base import Bookkeeping, Meter, Reading, remove_bookkeeping
 from pytest_energy.meters.cputime import (
     DEFAULT_WATTS_PER_THREAD,
     ChildProcessClock,
     CpuTimeMeter,
     children_cpu_seconds,
+    has_children,
     lookup_tdp_watts,
     match_tdp_watts,
     resolve_cpu_wattage,
@@ -178,6 +180,50 @@ def test_the_proc_clock_finds_a_living_child_with_its_cpu_time():
         child.wait()
 
 
+HAS_CHILDREN_BEFORE_DURING_AFTER = """
+import subprocess, sys
+from pytest_energy.meters.cputime import ChildProcessClock, has_children
+
+clock = ChildProcessClock()
+before = has_children(), clock.snapshot()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+during = has_children(), len(clock.snapshot())
+child.kill()
+child.wait()
+print(before, during, has_children())
+"""
+
+
+def test_a_process_without_children_skips_the_scan_and_one_with_a_child_is_scanned():
+    # a fresh process: pytest's own process may hold children of other tests
+    done = subprocess.run(
+        [sys.executable, "-c", HAS_CHILDREN_BEFORE_DURING_AFTER],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split("\n")[0] == "(False, {}) (True, 1) False"
+
+
+def test_a_child_that_ended_but_was_not_waited_for_still_counts_as_a_child():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not child_is_a_zombie(child.pid):
+        time.sleep(0.02)
+    try:
+        assert has_children()  # its CPU time reaches the waited clock only once it is waited for
+    finally:
+        child.wait()
+
+
+def child_is_a_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_a_training_phase_that_runs_a_worker_process_is_charged_for_it(pytester):
     pytester.makepyfile(
         test_worker="""
@@ -201,3 +247,65 @@ def test_a_training_phase_that_runs_a_worker_process_is_charged_for_it(pytester)
     ]
     assert phase["details"]["children"]["cpu_seconds"] >= 0.25
     assert phase["joules_by_domain"]["children"] >= 2.5
+
+
+# --- another meter's bookkeeping in a shared window ------------------------------------------
+
+
+class MeterThatSpendsCpu(Meter):
+    """A meter whose own work inside every window costs ``cpu_seconds``."""
+
+    name = "busy"
+    kind = "counted"
+
+    def __init__(self, cpu_seconds: float) -> None:
+        self.cpu_seconds = cpu_seconds
+
+    @classmethod
+    def unavailable_reason(cls, **options):
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Reading:
+        return Reading(self.name, self.kind, 0.0, {"compute": 0.0})
+
+    def bookkeeping(self, reading: Reading) -> Bookkeeping:
+        return Bookkeeping(self.name, self.cpu_seconds, "a fixed cost, for the test")
+
+
+def test_another_meters_bookkeeping_is_taken_out_of_the_cputime_reading():
+    cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
+    busy = MeterThatSpendsCpu(cpu_seconds=0.05)
+    cputime.start()
+    busy_work(2_000_000)
+    readings = {"cputime": cputime.stop(), "busy": busy.stop()}
+    measured = readings["cputime"]
+
+    remove_bookkeeping([cputime, busy], readings)
+
+    corrected = readings["cputime"]
+    assert corrected.joules_by_domain["process"] == pytest.approx(
+        measured.joules_by_domain["process"] - 10.0 * 0.05
+    )
+    assert corrected.details["cpu_seconds"] == pytest.approx(measured.details["cpu_seconds"] - 0.05)
+    assert corrected.seconds == pytest.approx(measured.seconds - 0.05)
+    assert corrected.details["bookkeeping_removed"] == {
+        "busy": {"cpu_seconds": pytest.approx(0.05), "how": "a fixed cost, for the test"}
+    }
+
+
+def test_bookkeeping_above_the_windows_own_cpu_time_is_named_not_removed():
+    cputime = CpuTimeMeter(watts_per_thread=10.0, count_children=False)
+    cputime.start()
+    readings = {"cputime": cputime.stop()}
+    alone = dict(readings)
+    remove_bookkeeping([cputime], readings)
+    assert readings == alone  # a meter alone in its window keeps its reading
+    readings["busy"] = Reading("busy", "counted", 0.0, {"compute": 0.0})
+    remove_bookkeeping([cputime, MeterThatSpendsCpu(cpu_seconds=1e6)], readings)
+    assert readings["cputime"].joules_by_domain == alone["cputime"].joules_by_domain
+    removed = readings["cputime"].details["bookkeeping_removed"]["busy"]
+    assert removed["cpu_seconds"] == 0.0
+    assert "not removed" in removed["how"]

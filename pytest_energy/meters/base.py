@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -83,6 +83,43 @@ class Reading:
         return capabilities(self.kind)
 
 
+@dataclass(frozen=True)
+class Bookkeeping:
+    """CPU time a meter spent on its own work inside a window, on the thread that runs it.
+
+    ``counted`` runs a dispatch mode on every operator of its window: that CPU time is the
+    meter's, not the user's, so a timed meter sharing the window takes it out of its reading
+    (``Meter.without_bookkeeping``) instead of charging it to TEC.
+
+    Attributes:
+        meter: the meter that spent it.
+        cpu_seconds: CPU seconds spent, in seconds.
+        how: how the figure was obtained, for the reading's details.
+    """
+
+    meter: str
+    cpu_seconds: float
+    how: str
+
+
+def remove_bookkeeping(meters: Sequence[Meter], readings: MutableMapping[str, Reading]) -> None:
+    """Take each meter's own bookkeeping (``Meter.bookkeeping``) out of the other readings.
+
+    Called once a shared window has closed, with the meters that ran in it and their readings
+    by name; readings are replaced in place. A window with one meter is left as it is.
+    """
+    if len(meters) < 2:
+        return
+    for meter in meters:
+        reading = readings.get(meter.name)
+        spent = meter.bookkeeping(reading) if reading is not None else None
+        if spent is None:
+            continue
+        for other in meters:
+            if other is not meter and other.name in readings:
+                readings[other.name] = other.without_bookkeeping(readings[other.name], spent)
+
+
 def check_reading(reading: Reading) -> None:
     """Refuse a figure no hardware can produce: negative, infinite or NaN joules or seconds.
 
@@ -145,6 +182,21 @@ class Meter(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> Reading:
         """Close the window opened by ``start()`` and return its reading."""
+
+    def bookkeeping(self, reading: Reading) -> Bookkeeping | None:
+        """CPU time this meter spent on its own work inside the window of ``reading``.
+
+        ``None`` (the default) for meters that only read a counter at the window's edges.
+        """
+        return None
+
+    def without_bookkeeping(self, reading: Reading, spent: Bookkeeping) -> Reading:
+        """``reading`` less another meter's bookkeeping in the same window.
+
+        The default leaves ``reading`` as it is: a meter that cannot tell that CPU time apart
+        (a host or device energy counter) keeps it, and says so in its documentation.
+        """
+        return reading
 
     def describe(self) -> dict[str, Any]:
         """What this meter is and how it measures, for results files and headers."""

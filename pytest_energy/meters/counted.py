@@ -15,7 +15,8 @@ charges:
   ``_native_multi_head_attention``, the fused ``_transformer_encoder_layer_fwd``, recurrent
   layers (``mkldnn_rnn_layer``, ``_cudnn_rnn``, ``miopen_rnn`` and their backwards; cells and
   GRU/RNN decompose to mm/addmm), ``mv``/``addmv``/``dot``/``addbmm``/``_addmm_activation``/
-  ``_int_mm``/``_cdist_forward``, eager int8 operators (``quantized::conv2d``, ``linear`` ...
+  ``_int_mm``, ``torch.cdist``'s kernels (``_cdist_forward``/``_cdist_backward`` and
+  ``_euclidean_dist``, its matmul path), eager int8 operators (``quantized::conv2d``, ``linear`` ...
   with packed weights) and oneDNN's PT2E kernels (``onednn::qconv_pointwise``,
   ``qconv2d_pointwise``, ``qlinear_pointwise``, ``linear_dynamic_fp16``). A GEMM or conv
   whose operands both come straight from a ``dequantize`` (PT2E's reference q/dq form, which a
@@ -42,6 +43,18 @@ operands are charged as fp32, bfloat16 and 8-bit floats as fp16, 16/32/64-bit in
 their original eager code, so counted sees and counts every operator (the timed meters beside
 it in a shared window then time that eager run, too).
 
+Counting's own cost is nobody's TEC. Per operator call, the dispatch mode costs a few
+microseconds of CPU on the window's thread (a Python call per operator; formulas, precision
+and bytes are cached per operator, shapes and dtypes, and views and metadata operators pass
+through before any of it). In ``energy.inference`` counted counts one call in a window of its
+own. In a window it shares with a timed meter (``energy.train``), counted reports that CPU
+time (``bookkeeping``: its operator calls × the cost of one call, measured once per process by
+``bookkeeping_seconds_per_call``) and the timed meter takes it out of its reading
+(``cputime`` does; ``rapl`` and ``nvml`` read whole-device counters and cannot), so the TEC
+of a timed meter is the same with or without counted beside it, within its noise. The per-call
+cost is measured on a loop whose code stays in cache; a real step's kernels evict it, so what
+is taken out is a lower bound (``python -m benchmarks.overhead`` prints both).
+
 Not counted: work that bypasses the torch dispatcher (direct C++ kernels), higher-order
 operators (run, not counted), and operators run on threads other than the window's own
 (except autograd's).
@@ -60,7 +73,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pytest_energy.errors import ConfigError, MeasurementError, MeterError
-from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.base import Bookkeeping, Meter, Reading
 
 ENERGY_TABLE_SOURCE = "Horowitz ISSCC 2014, 45 nm"
 
@@ -594,6 +607,24 @@ def _cdist(a: Mapping[str, Any], out: Any) -> int:
     return 2 * out.numel() * a["x1"].shape[-1]
 
 
+def _cdist_backward(a: Mapping[str, Any], out: Any) -> int:
+    """The gradient of ``x1``: one MAC per pair and dimension, as the forward."""
+    return 2 * a["grad_output"].numel() * a["x1"].shape[-1]
+
+
+def _euclidean_dist(a: Mapping[str, Any], out: Any) -> int:
+    """``torch.cdist``'s matmul path: ‖x‖² + ‖y‖² − 2 x yᵀ as one GEMM of padded operands.
+
+    The kernel appends the squared norm and a column of ones to each side, so its GEMM is
+    ``dim + 2`` wide (``batch × n × m × (dim + 2)`` MACs); the squared norms cost one MAC per
+    element of each input (``batch × (n + m) × dim``).
+    """
+    x1, x2 = a["x1"], a["x2"]
+    gemm = out.numel() * (int(x1.shape[-1]) + 2)
+    norms = x1.numel() + x2.numel()
+    return 2 * (gemm + norms)
+
+
 def _onednn_conv(a: Mapping[str, Any], out: Any) -> int:
     from torch.utils.flop_counter import conv_flop_count
 
@@ -631,6 +662,8 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten._addmm_activation": (_addmm_like, ("mat1", "mat2")),
     "aten._int_mm": (_int_mm, ("self", "mat2")),
     "aten._cdist_forward": (_cdist, ("x1", "x2")),
+    "aten._cdist_backward": (_cdist_backward, ("x1", "x2")),
+    "aten._euclidean_dist": (_euclidean_dist, ("x1", "x2")),
     "onednn.qconv_pointwise": (_onednn_conv, ("qx",)),
     "onednn.qconv2d_pointwise": (_onednn_conv, ("qx",)),
     "onednn.qlinear_pointwise": (_onednn_linear, ("qx",)),
@@ -1253,6 +1286,31 @@ class CountedMeter(Meter):
             details=details,
         )
 
+    def bookkeeping(self, reading: Reading) -> Bookkeeping | None:
+        """Counting's own CPU time in the window: its operator calls × the cost of one.
+
+        The cost of one call is measured once per process (``bookkeeping_seconds_per_call``),
+        so a timed meter sharing a training window takes counting out of its TEC.
+        """
+        calls = int(reading.details.get("operator_calls", 0)) if reading.details else 0
+        if not calls:
+            return None
+        per_call = bookkeeping_seconds_per_call()
+        if not per_call:
+            return Bookkeeping(
+                meter=self.name,
+                cpu_seconds=0.0,
+                how=f"{calls} operator calls; counting's cost per call could not be measured "
+                f"in this process, so none was taken out",
+            )
+        return Bookkeeping(
+            meter=self.name,
+            cpu_seconds=calls * per_call,
+            how=f"{calls} operator calls × {per_call * 1e6:.2f} µs of counting per call "
+            f"(measured once in this process on a small training step, with and without "
+            f"counting)",
+        )
+
     def describe(self) -> dict[str, Any]:
         """Name, kind, label, the energy table and its source, and what is counted."""
         description = {
@@ -1279,6 +1337,64 @@ class CountedMeter(Meter):
             self._mode.__exit__(None, None, None)
             self._end_tracking()
             self._window_thread = None
+
+
+_CALIBRATION_STEPS = 8
+_CALIBRATION_BATCHES = 5
+
+
+@functools.cache
+def bookkeeping_seconds_per_call() -> float:
+    """CPU seconds one operator call costs more inside a counting window than outside it.
+
+    Measured once per process, on this thread's CPU clock, on a tiny training step (conv,
+    linear, loss, backward, SGD: the operator mix of training, on tensors so small that the
+    dispatch mode's cost dominates): batches of steps alternate with and without counting,
+    and the fastest of each is compared, since interference only ever adds time. A lower
+    bound: in a real step the kernels evict the interpreter's caches between operators. Takes
+    about 50 ms; the global random state is left as it was. 0 when it cannot be measured.
+    """
+    import torch
+
+    def thread_seconds(run: Callable[[], None]) -> float:
+        started = time.thread_time()
+        run()
+        return time.thread_time() - started
+
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 6 * 6, 10),
+        )
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+        images, labels = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+        mode = _counting_mode_class()()
+
+        def steps() -> None:
+            for _ in range(_CALIBRATION_STEPS):
+                optimiser.zero_grad()
+                torch.nn.functional.cross_entropy(model(images), labels).backward()
+                optimiser.step()
+
+        def counted_steps() -> None:
+            with mode:
+                steps()
+
+        try:
+            counted_steps()  # fills the formula cache, as a training loop's first step does
+            mode.tally = _Tally()
+            counted_steps()
+            calls = sum(mode.tally.calls.values()) + mode.tally.passthrough_calls
+            bare, counting = [], []
+            for _ in range(_CALIBRATION_BATCHES):
+                bare.append(thread_seconds(steps))
+                counting.append(thread_seconds(counted_steps))
+        except Exception:  # never break a window over its correction: charge nothing
+            return 0.0
+    return max(0.0, min(counting) - min(bare)) / max(calls, 1)
 
 
 class _ModuleStack:

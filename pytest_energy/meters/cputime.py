@@ -6,6 +6,11 @@ edge counts for its CPU time inside the window, and a child that ended and was w
 the window counts through the kernel's children clock. Children come from ``/proc`` on Linux,
 else from psutil when it is installed; the reading's ``details`` say how many and from where.
 
+A meter sharing the window that spends CPU time on its own work inside it (``counted``'s
+dispatch mode) reports that time, and this meter takes it out of its reading
+(``without_bookkeeping``; ``details["bookkeeping_removed"]`` says how much and how it was
+obtained), so counting beside cputime is charged to nobody's TEC.
+
 The wattage comes, in order, from ``--energy-cpu-watts`` (watts per hardware thread), from
 the CPU's TDP in codecarbon's CPU table divided by the machine's hardware threads, or from a
 stated default. The reading's ``details`` say which, so an estimate is never mistaken for a
@@ -15,19 +20,21 @@ measurement.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib.util
 import io
 import os
 import platform
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
-from pytest_energy.meters.base import Meter, Reading
+from pytest_energy.meters.base import Bookkeeping, Meter, Reading
 
 DEFAULT_WATTS_PER_THREAD = 4.0
 """codecarbon's own fallback (``DEFAULT_POWER_PER_CORE``) when a CPU is not in its table."""
@@ -202,11 +209,43 @@ def _proc_cpu_seconds(pid: int, proc_root: str) -> tuple[ProcessKey, float] | No
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+_WAIT_ALL_CHILDREN = 0x40000000 if sys.platform.startswith("linux") else 0
+"""Linux's ``__WALL``: ``waitid`` also sees children created by ``clone`` without SIGCHLD."""
+
+
+def has_children() -> bool:
+    """Whether this process has a child (living, or ended and not yet waited for).
+
+    One ``waitid(P_ALL, WNOHANG | WNOWAIT)`` call, about a microsecond, that reaps nothing:
+    the kernel answers ECHILD exactly when there is no child. Where it cannot tell (no
+    ``waitid``, an unexpected error) it says True, so children are never missed.
+    """
+    if not hasattr(os, "waitid"):
+        return True
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    try:
+        os.waitid(os.P_ALL, 0, flags | _WAIT_ALL_CHILDREN)
+    except ChildProcessError:
+        return False
+    except OSError:
+        try:
+            os.waitid(os.P_ALL, 0, flags)
+        except ChildProcessError:
+            return False
+        except OSError:
+            return True
+    return True
+
+
 class ChildProcessClock:
     """CPU seconds of this process's descendants, read at a window's edges.
 
     ``source`` is ``/proc``, ``psutil`` or ``None`` (neither: children cannot be seen, said so
-    in the reading's details).
+    in the reading's details). For this process, a snapshot first asks the kernel whether
+    there is any child at all (``has_children``, ~1 µs) and scans ``/proc`` (~30 µs, more with
+    many threads) only when there is: a window without DataLoader workers or subprocesses
+    stays cheap, and one with them is scanned as before. Descendants without a living child
+    in between are not ours to count (they were reparented), so nothing is lost.
     """
 
     def __init__(self, proc_root: str = "/proc", pid: int | None = None) -> None:
@@ -221,6 +260,8 @@ class ChildProcessClock:
 
     def snapshot(self) -> dict[ProcessKey, float]:
         """CPU seconds of every living descendant, keyed by (pid, start time)."""
+        if self.pid == os.getpid() and not has_children():
+            return {}
         if self.source == "psutil":
             return self._psutil_snapshot()
         if self.source is None:
@@ -361,6 +402,41 @@ class CpuTimeMeter(Meter):
             kind=self.kind,
             seconds=wall_seconds,
             joules_by_domain=joules_by_domain,
+            details=details,
+        )
+
+    def without_bookkeeping(self, reading: Reading, spent: Bookkeeping) -> Reading:
+        """``reading`` less ``spent`` CPU seconds of this process (another meter's own work).
+
+        The window's wall seconds lose them too: the bookkeeping ran on the window's thread,
+        in line with the user's code. What was taken out is in ``details["bookkeeping_removed"]``.
+        A figure not below the window's own CPU time is evidently wrong for this window (the
+        per-call cost was measured at another moment): it is named there and not removed,
+        rather than reading the window as 0 J.
+        """
+        watts = self.wattage.watts_per_thread
+        process_seconds = reading.joules_by_domain.get("process", 0.0) / watts
+        details = dict(reading.details)
+        how = spent.how
+        removed = spent.cpu_seconds
+        if removed >= process_seconds:  # the per-call figure does not hold for this window
+            how = (
+                f"{how}; not removed: {removed:.3g} s is not below the window's own "
+                f"{process_seconds:.3g} CPU seconds"
+            )
+            removed = 0.0
+        details["cpu_seconds"] = details.get("cpu_seconds", process_seconds) - removed
+        details["bookkeeping_removed"] = {
+            **details.get("bookkeeping_removed", {}),
+            spent.meter: {"cpu_seconds": removed, "how": how},
+        }
+        return dataclasses.replace(
+            reading,
+            seconds=max(0.0, reading.seconds - removed),
+            joules_by_domain={
+                **reading.joules_by_domain,
+                "process": (process_seconds - removed) * watts,
+            },
             details=details,
         )
 
