@@ -5,8 +5,10 @@ method that starts from it charges that energy to its own TEC (Li et al. 2021: a
 model's life includes the training of the model it was compressed from).
 
 Lifecycle labels may name models by role, filled in for the scale at collection time:
-`{base}`, `{student}`, `{search_network}`, `{dataset}` (e.g. `model="{base}"` reads `resnet8`
-at smoke scale and `resnet56` at paper scale). Every benchmark test also gets `scale=`.
+`{base}`, `{pruned}` and `{pruned_aggressive}` (the base model pruned at the scale's two
+ratios), `{student}`, `{deep_student}`, `{search_network}`, `{dataset}` (e.g. `model="{base}"`
+reads `resnet8` at smoke scale and `resnet56` at paper scale). Every benchmark test also gets
+`scale=`.
 """
 
 from __future__ import annotations
@@ -141,12 +143,21 @@ def _scale_of(config: pytest.Config) -> Scale:
 def scale_labels(scale: Scale) -> dict[str, str]:
     """What the role placeholders of lifecycle labels stand for at `scale`."""
     search = scale.search
+    base = resnet_name(scale.base_depth, scale.base_width)
     return {
-        "base": resnet_name(scale.base_depth, scale.base_width),
+        "base": base,
+        "pruned": pruned_name(base, scale.prune_ratio),
+        "pruned_aggressive": pruned_name(base, scale.aggressive_prune_ratio),
         "student": resnet_name(scale.student_depth, scale.student_width),
+        "deep_student": resnet_name(scale.deep_student_depth, scale.student_width),
         "search_network": f"darts-cells{search.retrain_cells}-c{search.retrain_channels}",
         "dataset": "synthetic" if scale.name == "smoke" else "cifar10",
     }
+
+
+def pruned_name(base: str, channel_ratio: float) -> str:
+    """The model left when `channel_ratio` of `base`'s channels are pruned: `resnet8-pruned75`."""
+    return f"{base}-pruned{round(100 * channel_ratio)}"
 
 
 def _dataset_label(config: pytest.Config, scale: Scale) -> str:

@@ -12,22 +12,25 @@ from benchmarks.lowcarbon.models import CifarResNet, count_parameters
 from benchmarks.lowcarbon.training import measure_inference, record_accuracy
 
 
-def method(name: str) -> pytest.param:
+def method(name: str, deep: bool = False) -> pytest.param:
     labels = pytest.mark.lifecycle(
         family="distillation",
         method=name,
-        model="{student}",
+        model="{deep_student}" if deep else "{student}",
         teacher="{base}",
         dataset="{dataset}",
     )
-    return pytest.param(name, marks=labels, id=name)
+    return pytest.param(name, deep, marks=labels, id=name + ("-deep-student" if deep else ""))
 
 
-@pytest.mark.parametrize("name", [method(name) for name in DISTILLATION_METHODS])
-def test_distillation(energy, base_model, data, scale, name):
+@pytest.mark.parametrize(
+    ("name", "deep"), [*(method(name) for name in DISTILLATION_METHODS), method("kd", deep=True)]
+)
+def test_distillation(energy, base_model, data, scale, name, deep):
     energy.charge(base_model.training)
     torch.manual_seed(scale.seed + 1)
-    student = CifarResNet(scale.student_depth, scale.student_width, data.num_classes)
+    depth = scale.deep_student_depth if deep else scale.student_depth
+    student = CifarResNet(depth, scale.student_width, data.num_classes)
     student = student.to(data.device)
     assert count_parameters(student) < count_parameters(base_model.model)
 

@@ -21,11 +21,13 @@ from benchmarks.lowcarbon.data import (
     synthetic_images,
 )
 from benchmarks.lowcarbon.models import CifarResNet, count_flops, count_parameters
+from benchmarks.lowcarbon.scales import SMOKE
 from benchmarks.lowcarbon.training import (
     TrainSettings,
     evaluate,
     seed_everything,
     train_classifier,
+    wilson_interval,
 )
 
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer"]
@@ -79,6 +81,17 @@ def test_synthetic_data_is_learnable_well_above_chance():
     accuracy = evaluate(model, bundle.test)
     assert accuracy > 0.5, f"10 classes, chance is 0.1; trained {accuracy}"
     assert accuracy > untrained_accuracy + 0.3
+
+
+def test_the_smoke_test_set_tells_one_percentage_point_from_noise():
+    """At 50 % accuracy (the widest interval) the 95 % Wilson interval of the smoke scale's
+    test set is under ±1 pp, so a 1 pp difference between methods is not lost in sampling."""
+    samples = SMOKE.synthetic_test_count
+    low, high = wilson_interval(samples // 2, samples)
+
+    assert (high - low) / 2 < 0.01
+    bundle = synthetic_bundle(64, samples, 16, seed=0)
+    assert len(bundle.test) == samples
 
 
 def test_cifar10_loader_reads_the_on_disk_format(tmp_path):

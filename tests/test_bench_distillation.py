@@ -21,7 +21,7 @@ from benchmarks.lowcarbon.training import TrainSettings, train_classifier
 def teacher() -> CifarResNet:
     torch.manual_seed(0)
     model = CifarResNet(depth=8, width=16)
-    train_classifier(model, synthetic_images(256, seed=3), 2, TrainSettings(batch_size=64), 0)
+    train_classifier(model, synthetic_images(256, seed=3), 4, TrainSettings(batch_size=64), 0)
     return model.eval()
 
 

@@ -43,7 +43,10 @@ def collected_labels(pytester: pytest.Pytester, *options: str) -> dict[str, dict
 def test_role_placeholders_name_the_models_of_each_scale():
     assert scale_labels(SMOKE) == {
         "base": "resnet8",
+        "pruned": "resnet8-pruned50",
+        "pruned_aggressive": "resnet8-pruned75",
         "student": "resnet8-w8",
+        "deep_student": "resnet14-w8",
         "search_network": "darts-cells3-c8",
         "dataset": "synthetic",
     }
@@ -56,15 +59,15 @@ def test_role_placeholders_name_the_models_of_each_scale():
 
 
 @pytest.mark.parametrize(
-    ("options", "base", "student", "dataset"),
+    ("options", "base", "student", "deep_student", "dataset"),
     [
-        ((), "resnet8", "resnet8-w8", "synthetic"),
-        (("--energy-scale", "paper"), "resnet56", "resnet20", "cifar10"),
+        ((), "resnet8", "resnet8-w8", "resnet14-w8", "synthetic"),
+        (("--energy-scale", "paper"), "resnet56", "resnet20", "resnet32", "cifar10"),
     ],
     ids=["smoke", "paper"],
 )
 def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
-    pytester, options, base, student, dataset
+    pytester, options, base, student, deep_student, dataset
 ):
     labels = collected_labels(pytester, *options)
 
@@ -90,8 +93,15 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
         }
     assert labels["test_darts"]["variant"] == "first-order"
     assert labels["test_channel_pruning[taylor]"]["schedule"] == "one-shot"
-    methods = [(entry["family"], entry["method"]) for entry in labels.values()]
-    assert len(methods) == len(set(methods)), "each method is one test"
+    assert labels["test_channel_pruning[taylor]"]["base"] == base
+    assert labels["test_channel_pruning[taylor]"]["model"] == f"{base}-pruned50"
+    assert labels["test_channel_pruning[taylor-aggressive]"]["model"] == f"{base}-pruned75"
+    assert labels["test_distillation[kd-deep-student]"]["model"] == deep_student
+    methods = [(entry["family"], entry["method"], entry["model"]) for entry in labels.values()]
+    assert len(methods) == len(set(methods)), "each method and model is one test"
+    for family in ("pruning", "distillation"):
+        models = {entry["model"] for entry in labels.values() if entry["family"] == family}
+        assert len(models) == 2, f"{family} holds models of two sizes: {models}"
 
 
 def test_paper_scale_without_cifar10_skips_naming_the_expected_files(pytester, tmp_path):

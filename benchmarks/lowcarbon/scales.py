@@ -39,16 +39,21 @@ class SearchScale:
 
 @dataclass(frozen=True)
 class Scale:
-    """Every size and schedule one benchmark run uses."""
+    """Every size and schedule one benchmark run uses. Distillation has two students of one
+    width, `student_depth` and the deeper `deep_student_depth` (paper: ResNet-20 and ResNet-32,
+    Tian et al. 2020's pairs); pruning has two ratios, `prune_ratio` and
+    `aggressive_prune_ratio`: each family holds models of two sizes, whose IEC differ."""
 
     name: str
     base_depth: int
     base_width: int
     student_depth: int
     student_width: int
+    deep_student_depth: int
     settings: TrainSettings
     base_epochs: float
     prune_ratio: float
+    aggressive_prune_ratio: float
     finetune_epochs: float
     finetune_learning_rate: float
     calibration_samples: int
@@ -80,16 +85,18 @@ SMOKE = Scale(
     base_width=16,
     student_depth=8,
     student_width=8,
+    deep_student_depth=14,
     settings=TrainSettings(batch_size=64, learning_rate=0.05),
     base_epochs=4,
     prune_ratio=0.5,
+    aggressive_prune_ratio=0.75,
     finetune_epochs=1.5,
     finetune_learning_rate=0.01,
     calibration_samples=256,
     zeroq_samples=32,
     zeroq_steps=60,
     qat_epochs=1,
-    qat_learning_rate=0.005,
+    qat_learning_rate=0.0005,
     distill_epochs=3,
     hint_epochs=1,
     crd_negatives=1024,
@@ -109,7 +116,7 @@ SMOKE = Scale(
     ),
     deployment_batch_size=64,
     synthetic_train_count=3000,
-    synthetic_test_count=1024,
+    synthetic_test_count=10_000,
 )
 
 PAPER = Scale(
@@ -118,9 +125,11 @@ PAPER = Scale(
     base_width=16,
     student_depth=20,
     student_width=16,
+    deep_student_depth=32,
     settings=TrainSettings(batch_size=128, learning_rate=0.1),
     base_epochs=160,
     prune_ratio=0.5,
+    aggressive_prune_ratio=0.75,
     finetune_epochs=40,
     finetune_learning_rate=0.01,
     calibration_samples=1024,
