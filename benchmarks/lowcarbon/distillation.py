@@ -2,8 +2,10 @@
 
 Each method is one loss on the teacher's and the student's features (CIFAR ResNets expose stage
 maps, pooled embedding and logits, see `FeatureOutputs`), added to the student's cross-entropy
-with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all of them (CC's
-weight is 1 here: the loss below is the paper's kernel form, not RepDistiller's shortcut):
+with the weights of Tian et al.'s CRD benchmark (RepDistiller), which covers all of them. CC is
+the exception: RepDistiller's CC is a shortcut (|Δ| products of neighbouring samples, β = 0.02),
+while the loss below is the paper's kernel form, weight 1, on top of KD as Peng et al.'s CCKD
+framework has it (CE 0.1 + KD 0.9 + CC):
 
 - `kd`      Hinton et al. 2015, "Distilling the Knowledge in a Neural Network".
 - `fitnets` Romero et al. 2015, "FitNets: Hints for Thin Deep Nets": two stages, the hint
@@ -13,14 +15,15 @@ weight is 1 here: the loss below is the paper's kernel form, not RepDistiller's 
 - `rkd`     Park et al. 2019, "Relational Knowledge Distillation".
 - `pkt`     Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge
             Transfer".
-- `crd`     Tian et al. 2020, "Contrastive Representation Distillation".
+- `crd`     Tian et al. 2020, "Contrastive Representation Distillation": CE + 0.8 × NCE
+            against a memory bank (the paper's "CRD" row, not "CRD+KD").
 - `nst`     Huang & Wang 2017, "Like What You Like": MMD (polynomial kernel) between the
             distributions of channel activation maps, at every stage.
 - `cc`      Peng et al. 2019, "Correlation Congruence": the batch's Gaussian-RBF correlation
             matrix of normalised embeddings (exact kernel, not the paper's Taylor expansion).
 - `vid`     Ahn et al. 2019, "Variational Information Distillation": Gaussian likelihood of the
             teacher's stage maps under a regressor of the student's, with learnt per-channel
-            variance, at every stage.
+            variance (initialised to 5), at every stage, weight 1.
 - `fsp`     Yim et al. 2017, "A Gift from Knowledge Distillation": first stage
             (`fsp_stage`, its own TEC phase) matches the FSP (flow of solution procedure)
             matrices between consecutive feature maps; then plain cross-entropy training.
