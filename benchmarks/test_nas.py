@@ -1,12 +1,18 @@
-"""Architecture-search family over one DARTS cell space: DARTS (gradient-based) and random
-search (the non-gradient reference). No base model: TEC = search + retraining the winner."""
+"""Architecture-search family over one DARTS cell space: DARTS (gradient-based), random search
+(the non-gradient reference) and regularized evolution. No base model: TEC = search + retraining
+the winner."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmarks.lowcarbon.nas import CellNetwork, darts_search, random_search
+from benchmarks.lowcarbon.nas import (
+    CellNetwork,
+    darts_search,
+    random_search,
+    regularized_evolution,
+)
 from benchmarks.lowcarbon.training import (
     measure_inference,
     record_accuracy,
@@ -95,5 +101,29 @@ def test_random_search(energy, data, scale):
             data.num_classes,
         )
 
+    assert result.genotype.is_valid(), result.genotype.describe()
+    retrain_and_measure(energy, data, scale, result.genotype)
+
+
+@search_method("regularized-evolution")
+def test_regularized_evolution(energy, data, scale):
+    search = scale.search
+
+    with energy.train("search"):
+        result = regularized_evolution(
+            search_split(data, scale),
+            search.cells,
+            search.nodes_per_cell,
+            search.initial_channels,
+            search.evolution_population,
+            search.evolution_sample,
+            search.evolution_cycles,
+            search.random_trial_epochs,
+            search.search_settings,
+            scale.seed,
+            data.num_classes,
+        )
+
+    assert result.candidates_evaluated == search.evolution_population + search.evolution_cycles
     assert result.genotype.is_valid(), result.genotype.describe()
     retrain_and_measure(energy, data, scale, result.genotype)

@@ -71,7 +71,7 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
 ):
     labels = collected_labels(pytester, *options)
 
-    assert len(labels) >= 20
+    assert len(labels) >= 27, "29 lifecycle tests, the two data-parallel ones aside"
     families = {entry["family"] for entry in labels.values()}
     assert families == {"baseline", "pruning", "quantization", "distillation", "nas"}
     for name, entry in labels.items():
@@ -83,7 +83,9 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
     assert labels["test_distillation[crd]"]["teacher"] == base
     assert labels["test_pwlq_4bit_simulated"]["simulated"] == "yes"
     assert "mixed-precision" in labels["test_zeroq_data_free_int8"]["omitted"]
-    for search in ("test_darts", "test_random_search"):
+    assert labels["test_distillation[fsp]"]["connector"] == "1x1-conv+bn"
+    assert labels["test_distillation[crd]"]["smoke_scale"] == "not-converged"
+    for search in ("test_darts", "test_random_search", "test_regularized_evolution"):
         assert set(labels[search]["omitted"].split("+")) == {
             "sep_conv_5x5",
             "dil_conv_5x5",
@@ -188,6 +190,12 @@ def test_a_dry_run_cuts_every_schedule_but_keeps_the_paper_models():
     assert dry.base_epochs == dry.distill_epochs == dry.finetune_epochs == 1
     assert dry.search.search_epochs == dry.search.retrain_epochs == 1
     assert dry.search.random_trials == 2 and dry.zeroq_steps == 20
+    search = dry.search
+    assert (search.evolution_population, search.evolution_sample, search.evolution_cycles) == (
+        2,
+        2,
+        1,
+    )
     assert dry.synthetic_train_count == 1024 and dry.dry_run
     assert dry_run(SMOKE).base_epochs == 1 and dry_run(SMOKE).prune_ratio == SMOKE.prune_ratio
 

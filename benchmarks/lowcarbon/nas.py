@@ -8,8 +8,14 @@
 - `random_search` Li & Talwalkar 2019, "Random Search and Reproducibility for Neural
                   Architecture Search": sample cells uniformly from the same space, train each
                   briefly, keep the best on held-out data. The non-gradient reference.
+- `regularized_evolution`
+                  Real et al. 2019, "Regularized Evolution for Image Classifier Architecture
+                  Search" (aging evolution): a population of briefly trained cells; each cycle
+                  samples a few at random, mutates the best of the sample (one operation or
+                  one input changed) into a child trained from scratch, and removes the oldest
+                  member, whatever its accuracy. The best cell of the whole history wins.
 
-Either result is retrained from scratch as a discrete network (`CellNetwork`). The space is
+Each result is retrained from scratch as a discrete network (`CellNetwork`). The space is
 DARTS's macro-structure (stacked normal cells, reduction cells at 1/3 and 2/3 of the depth,
 intermediate nodes concatenated) with six of its eight operations. Left out of Liu et al. 2019,
 and named in each test's `omitted` label: the sep_conv_5x5 and dil_conv_5x5 operations (their
@@ -20,8 +26,9 @@ DARTS runs first-order (their second-order α gradient is not built).
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -402,6 +409,30 @@ def random_genotype(nodes: int, rng: random.Random) -> Genotype:
     return Genotype(cell_edges(), cell_edges(), nodes)
 
 
+def train_and_score(
+    genotype: Genotype,
+    train: Split,
+    cells: int,
+    channels: int,
+    epochs: float,
+    settings: TrainSettings,
+    seed: int,
+    num_classes: int = 10,
+) -> float:
+    """A candidate's fitness, as random search and evolution measure it: the cell trained from
+    scratch `epochs` on the first half of `train`, its accuracy on the second half."""
+    weights_split, held_out = train.halves()
+    torch.manual_seed(seed)
+    candidate = CellNetwork(cells, genotype.nodes, channels, num_classes, genotype)
+    candidate = candidate.to(train.images.device)
+
+    def cross_entropy(images: Tensor, labels: Tensor, _indices: Tensor) -> Tensor:
+        return F.cross_entropy(candidate(images), labels)
+
+    fit([candidate], weights_split, epochs, cross_entropy, settings, seed)
+    return evaluate(candidate, held_out)
+
+
 def random_search(
     train: Split,
     cells: int,
@@ -416,22 +447,132 @@ def random_search(
     """Random search: `trials` sampled cells, each trained `trial_epochs` on the first half of
     `train` and scored on the second; the best-scoring one wins."""
     rng = random.Random(seed)
-    weights_split, held_out = train.halves()
     best: tuple[float, Genotype] | None = None
     for trial in range(trials):
         genotype = random_genotype(nodes, rng)
-        torch.manual_seed(seed + trial)
-        candidate = CellNetwork(cells, nodes, channels, num_classes, genotype)
-        candidate = candidate.to(train.images.device)
-
-        def cross_entropy(
-            images: Tensor, labels: Tensor, _indices: Tensor, net=candidate
-        ) -> Tensor:
-            return F.cross_entropy(net(images), labels)
-
-        fit([candidate], weights_split, trial_epochs, cross_entropy, settings, seed + trial)
-        accuracy = evaluate(candidate, held_out)
+        accuracy = train_and_score(
+            genotype, train, cells, channels, trial_epochs, settings, seed + trial, num_classes
+        )
         if best is None or accuracy > best[0]:
             best = (accuracy, genotype)
     assert best is not None, "random search needs at least one trial"
     return SearchResult(best[1], best[0], candidates_evaluated=trials)
+
+
+def mutate(genotype: Genotype, rng: random.Random) -> Genotype:
+    """Real et al.'s mutation: in the normal or the reduction cell (even odds), either one
+    edge's operation becomes another operation, or one edge's input becomes another earlier
+    state of the cell not already feeding that node (even odds; an operation change when no
+    edge has such a state). The child differs from its parent in exactly one place."""
+    reduction = rng.random() < 0.5
+    edges = list(genotype.edges(reduction))
+    movable = []
+    for index in range(len(edges)):
+        node = index // INPUTS_PER_NODE
+        siblings = {s for _, s in edges[node * INPUTS_PER_NODE : (node + 1) * INPUTS_PER_NODE]}
+        free = [state for state in range(node + 2) if state not in siblings]
+        if free:
+            movable.append((index, free))
+    if movable and rng.random() < 0.5:
+        index, free = rng.choice(movable)
+        edges[index] = (edges[index][0], rng.choice(free))
+    else:
+        index = rng.randrange(len(edges))
+        others = [name for name in PRIMITIVES if name not in ("none", edges[index][0])]
+        edges[index] = (rng.choice(others), edges[index][1])
+    cell = tuple(edges)
+    if reduction:
+        return Genotype(genotype.normal, cell, genotype.nodes)
+    return Genotype(cell, genotype.reduce, genotype.nodes)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated architecture, numbered in the order it was trained (its age)."""
+
+    genotype: Genotype
+    accuracy: float
+    born: int
+
+
+@dataclass
+class EvolutionHistory:
+    """Every candidate in the order trained, each cycle's tournament winner (the parent), the
+    candidates removed for age, in that order, and the population left at the end."""
+
+    history: list[Candidate] = field(default_factory=list)
+    parents: list[Candidate] = field(default_factory=list)
+    removed: list[Candidate] = field(default_factory=list)
+    population: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate:
+        """The most accurate candidate ever trained (the earliest, on ties)."""
+        return max(self.history, key=lambda candidate: (candidate.accuracy, -candidate.born))
+
+
+def evolve(
+    nodes: int,
+    population_size: int,
+    sample_size: int,
+    cycles: int,
+    fitness: Callable[[Genotype, int], float],
+    rng: random.Random,
+) -> EvolutionHistory:
+    """Aging evolution (Real et al. 2019, Algorithm 1) over cells of `nodes` nodes:
+    `population_size` random cells, then `cycles` cycles of: sample `sample_size` members
+    uniformly, mutate the fittest of them, score the child, add it, remove the oldest.
+    `fitness(genotype, age)` scores a candidate (`age` = its number in the history)."""
+    if not 1 <= sample_size <= population_size:
+        raise ValueError(
+            f"evolution's sample size must be 1..population ({population_size}), got {sample_size}"
+        )
+    record = EvolutionHistory()
+
+    def add(genotype: Genotype) -> Candidate:
+        born = len(record.history)
+        candidate = Candidate(genotype, fitness(genotype, born), born)
+        record.history.append(candidate)
+        return candidate
+
+    population: deque[Candidate] = deque()
+    while len(population) < population_size:
+        population.append(add(random_genotype(nodes, rng)))
+    for _ in range(cycles):
+        sample = rng.sample(list(population), sample_size)
+        parent = max(sample, key=lambda candidate: candidate.accuracy)
+        record.parents.append(parent)
+        population.append(add(mutate(parent.genotype, rng)))
+        record.removed.append(population.popleft())
+    record.population = list(population)
+    return record
+
+
+def regularized_evolution(
+    train: Split,
+    cells: int,
+    nodes: int,
+    channels: int,
+    population_size: int,
+    sample_size: int,
+    cycles: int,
+    trial_epochs: float,
+    settings: TrainSettings,
+    seed: int,
+    num_classes: int = 10,
+) -> SearchResult:
+    """Regularized evolution on `train`: every candidate trained `trial_epochs` on its first
+    half and scored on its second (as in random search); population + cycles candidates in
+    all; the best ever scored wins."""
+    record = evolve(
+        nodes,
+        population_size,
+        sample_size,
+        cycles,
+        lambda genotype, age: train_and_score(
+            genotype, train, cells, channels, trial_epochs, settings, seed + age, num_classes
+        ),
+        random.Random(seed),
+    )
+    best = record.best
+    return SearchResult(best.genotype, best.accuracy, candidates_evaluated=len(record.history))

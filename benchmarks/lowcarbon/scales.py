@@ -35,6 +35,11 @@ class SearchScale:
     random_trial_epochs: float
     search_settings: TrainSettings
     architecture_learning_rate: float = 3e-4
+    evolution_population: int = 3
+    evolution_sample: int = 2
+    evolution_cycles: int = 3
+    """Regularized evolution: population, tournament sample and cycles (one child each); each
+    candidate trains `random_trial_epochs`, like random search's."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ PAPER = Scale(
         random_trials=24,
         random_trial_epochs=10,
         search_settings=TrainSettings(batch_size=64, learning_rate=0.025, weight_decay=3e-4),
+        evolution_population=8,
+        evolution_sample=3,
+        evolution_cycles=16,
     ),
     deployment_batch_size=128,
     synthetic_train_count=50_000,
@@ -190,6 +198,9 @@ def dry_run(scale: Scale) -> Scale:
             search_epochs=short(search.search_epochs),
             retrain_epochs=short(search.retrain_epochs),
             random_trials=min(search.random_trials, DRY_RUN_RANDOM_TRIALS),
+            evolution_population=min(search.evolution_population, DRY_RUN_RANDOM_TRIALS),
+            evolution_sample=min(search.evolution_sample, DRY_RUN_RANDOM_TRIALS),
+            evolution_cycles=min(search.evolution_cycles, 1),
             random_trial_epochs=min(search.random_trial_epochs, 0.5),
         ),
         synthetic_train_count=DRY_RUN_TRAIN_COUNT,
