@@ -36,11 +36,12 @@ from benchmarks.lowcarbon.data import (
 )
 from benchmarks.lowcarbon.models import CifarResNet, resnet_name
 from benchmarks.lowcarbon.scales import SCALES, Scale, dry_run
-from benchmarks.lowcarbon.training import evaluate, seed_everything, train_classifier
+from benchmarks.lowcarbon.training import seed_everything, train_classifier
 from pytest_energy.session import Charge, EnergySession
 
 BENCHMARK_DIRECTORY = Path(__file__).parent
 _STARTED = pytest.StashKey[tuple[float, os.times_result]]()
+_WORKERS = pytest.StashKey[list[tuple[float, int]]]()
 
 
 def _positive_seconds(text: str) -> float:
@@ -106,24 +107,66 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--energy-data {root}: {corrupt}") from None
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The suite's wall time and CPU time (this process and its finished child processes,
-    e.g. data-parallel ranks): on a shared machine wall time alone overstates the work."""
-    started = terminalreporter.config.stash.get(_STARTED, None)
-    if started is None:
-        return
-    started_seconds, started_times = started
+def _cpu_seconds_since(started_times: os.times_result) -> tuple[float, float]:
+    """CPU seconds of this process and of its finished child processes since `started_times`."""
     now = os.times()
     own = (now.user + now.system) - (started_times.user + started_times.system)
     children = (now.children_user + now.children_system) - (
         started_times.children_user + started_times.children_system
     )
+    return own, children
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker, hand its CPU seconds and torch threads to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    started = session.config.stash.get(_STARTED, None)
+    if workeroutput is None or started is None:
+        return
+    own, children = _cpu_seconds_since(started[1])
+    workeroutput["benchmark_cpu_seconds"] = own + children
+    workeroutput["benchmark_torch_threads"] = torch.get_num_threads()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """On the pytest-xdist controller, collect what each worker handed over."""
+    output = getattr(node, "workeroutput", {})
+    if "benchmark_cpu_seconds" in output:
+        config = node.config  # type: ignore[attr-defined]
+        config.stash.setdefault(_WORKERS, []).append(
+            (output["benchmark_cpu_seconds"], output["benchmark_torch_threads"])
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The suite's wall time and CPU time (this process, its finished child processes, e.g.
+    data-parallel ranks, and pytest-xdist workers): on a shared machine wall time alone
+    overstates the work, and with workers it understates it."""
+    config = terminalreporter.config
+    started = config.stash.get(_STARTED, None)
+    if started is None:
+        return
+    started_seconds, started_times = started
+    own, children = _cpu_seconds_since(started_times)
     wall = time.perf_counter() - started_seconds
-    scale = _scale_of(terminalreporter.config)
+    scale = _scale_of(config)
+    workers = config.stash.get(_WORKERS, [])
+    if workers:
+        worker_seconds = sum(seconds for seconds, _ in workers)
+        threads = max(threads for _, threads in workers)
+        total = own + worker_seconds
+        where = f"{own:.1f} s this process, {worker_seconds:.1f} s in {len(workers)} workers"
+    else:
+        threads = torch.get_num_threads()
+        total = own + children
+        where = f"{own:.1f} s this process, {children:.1f} s child processes"
     terminalreporter.write_line(
-        f"low-carbon benchmark: {wall:.1f} s wall, {own + children:.1f} s CPU "
-        f"({own:.1f} s this process, {children:.1f} s child processes), "
-        f"{torch.get_num_threads()} torch thread(s), scale {scale.name}"
+        f"low-carbon benchmark: {wall:.1f} s wall, {total:.1f} s CPU ({where}), "
+        f"{threads} torch thread(s)"
+        + (" per worker" if workers else "")
+        + f", scale {scale.name}"
         + (" (dry run)" if scale.dry_run else "")
     )
 
@@ -231,11 +274,10 @@ def data(request: pytest.FixtureRequest, scale: Scale) -> DataBundle:
 
 @dataclass(frozen=True)
 class BaseModel:
-    """The trained base model, the energy its training took, its held-out accuracy."""
+    """The trained base model and the energy its training took."""
 
     model: CifarResNet
     training: Charge
-    accuracy: float
 
     def copy(self) -> CifarResNet:
         """A deep copy to compress; the shared model stays as trained."""
@@ -251,4 +293,4 @@ def base_model(energy_session: EnergySession, scale: Scale, data: DataBundle) ->
         train_classifier(
             model, data.train, scale.base_epochs, scale.settings, scale.seed, data.augment
         )
-    return BaseModel(model=model, training=training, accuracy=evaluate(model, data.test))
+    return BaseModel(model=model, training=training)

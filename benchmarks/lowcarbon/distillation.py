@@ -232,12 +232,16 @@ class ContrastiveRepresentationLoss(nn.Module):
         dataset_size = len(labels)
         self.student_head = nn.Linear(student_dim, embedding_dim)
         self.teacher_head = nn.Linear(teacher_dim, embedding_dim)
-        self._other_classes = [
+        other_classes = [
             torch.nonzero(labels != label).flatten() for label in range(int(labels.max()) + 1)
         ]
-        smallest_pool = min(len(pool) for pool in self._other_classes)
-        if smallest_pool == 0:
+        pool_sizes = torch.tensor([len(pool) for pool in other_classes])
+        if int(pool_sizes.min()) == 0:
             raise ValueError("CRD needs samples of at least two classes to draw negatives from")
+        self._pool_sizes = pool_sizes
+        self._pools = torch.zeros(len(other_classes), int(pool_sizes.max()), dtype=torch.long)
+        for label, pool in enumerate(other_classes):
+            self._pools[label, : len(pool)] = pool
         self.negatives = negatives
         self.temperature = temperature
         self.momentum = momentum
@@ -254,12 +258,10 @@ class ContrastiveRepresentationLoss(nn.Module):
         """(batch, negatives) sample indices, each row drawn uniformly (with replacement, as
         RepDistiller does when a class pool is smaller than K) from samples of other classes."""
         anchor_labels = self.labels[indices.cpu()]
-        rows = []
-        for label in anchor_labels.tolist():
-            pool = self._other_classes[label]
-            picks = torch.randint(0, len(pool), (self.negatives,), generator=self._generator)
-            rows.append(pool[picks])
-        return torch.stack(rows)
+        uniform = torch.rand(len(anchor_labels), self.negatives, generator=self._generator)
+        sizes = self._pool_sizes[anchor_labels, None]
+        picks = torch.minimum((uniform * sizes).long(), sizes - 1)
+        return self._pools[anchor_labels[:, None], picks]
 
     def _nce(
         self, anchor: Tensor, positive: Tensor, memory: Tensor, indices: Tensor, slot: int
