@@ -21,7 +21,8 @@ from benchmarks.lowcarbon.training import (
 
 DARTS_OMISSIONS = "sep_conv_5x5+dil_conv_5x5+cutout+drop-path+auxiliary-head"
 """What the DARTS space and final training here leave out of Liu et al. 2019 (both methods share
-the space, so both carry it); DARTS itself is its first-order variant."""
+the space, so both carry it); DARTS itself is its first-order variant. Its smoke row is marked
+not converged: two search epochs on 1,000 images leave it at 47 %, behind random search's 71 %."""
 
 
 def search_method(name: str, **labels: str) -> pytest.MarkDecorator:
@@ -63,7 +64,7 @@ def search_split(data, scale):
     return data.train if samples is None else data.train.head(samples)
 
 
-@search_method("darts", variant="first-order")
+@search_method("darts", variant="first-order", smoke_scale="not-converged")
 def test_darts(energy, data, scale):
     search = scale.search
 

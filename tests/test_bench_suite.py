@@ -71,7 +71,7 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
 ):
     labels = collected_labels(pytester, *options)
 
-    assert len(labels) >= 27, "29 lifecycle tests, the two data-parallel ones aside"
+    assert len(labels) >= 27, "32 lifecycle tests, the two data-parallel ones aside"
     families = {entry["family"] for entry in labels.values()}
     assert families == {"baseline", "pruning", "quantization", "distillation", "nas"}
     for name, entry in labels.items():
@@ -85,6 +85,8 @@ def test_every_benchmark_is_labelled_with_family_method_model_dataset_and_scale(
     assert "mixed-precision" in labels["test_zeroq_data_free_int8"]["omitted"]
     assert labels["test_distillation[fsp]"]["connector"] == "1x1-conv+bn"
     assert labels["test_distillation[crd]"]["smoke_scale"] == "not-converged"
+    assert labels["test_distillation[kd]"]["smoke_scale"] == "not-converged"
+    assert "smoke_scale" not in labels["test_distillation[kd-deep-student]"]
     for search in ("test_darts", "test_random_search", "test_regularized_evolution"):
         assert set(labels[search]["omitted"].split("+")) == {
             "sep_conv_5x5",
