@@ -45,7 +45,9 @@ share their teacher's widths); AB's connector is the paper's own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -731,20 +733,10 @@ def fsp_stage(
     """FSP's first stage (Yim et al. 2017, §3.3): the student's convolutional layers (and
     connectors, where it is narrower) trained on the FSP loss alone; the classifier is left
     to the cross-entropy stage that follows."""
-    device = train.images.device
-    loss = FlowOfSolutionLoss(
-        _stem_and_stage_channels(student), _stem_and_stage_channels(teacher)
-    ).to(device)
-    teacher.eval()
-
-    def fsp_loss(images: Tensor, _labels: Tensor, _indices: Tensor) -> Tensor:
-        with torch.no_grad():
-            teacher_maps = stem_and_stages(teacher, images)
-        return loss(stem_and_stages(student, images), teacher_maps)
-
-    log = fit([student, loss], train, epochs, fsp_loss, settings, seed, augment)
-    student.eval()
-    return log
+    loss = FlowOfSolutionLoss(_stem_and_stage_channels(student), _stem_and_stage_channels(teacher))
+    return _matching_stage(
+        student, teacher, loss, stem_and_stages, train, epochs, settings, seed, augment
+    )
 
 
 def activation_boundary_stage(
@@ -759,16 +751,34 @@ def activation_boundary_stage(
     """AB's initialisation (Heo et al. 2019, §3.2): the student's layers and the connectors
     trained on the activation-boundary loss alone, so its hidden neurons switch on and off
     where the teacher's do; the cross-entropy stage that follows trains the classifier."""
-    device = train.images.device
-    loss = ActivationBoundaryLoss(_stage_channels(student), _stage_channels(teacher)).to(device)
+    loss = ActivationBoundaryLoss(_stage_channels(student), _stage_channels(teacher))
+    return _matching_stage(
+        student, teacher, loss, pre_activation_stages, train, epochs, settings, seed, augment
+    )
+
+
+def _matching_stage(
+    student: CifarResNet,
+    teacher: CifarResNet,
+    loss: nn.Module,
+    features: Callable[[CifarResNet, Tensor], Any],
+    train: Split,
+    epochs: float,
+    settings: TrainSettings,
+    seed: int,
+    augment: bool,
+) -> TrainingLog:
+    """A first stage that trains `student` (and `loss`'s connectors) on `loss` alone, to match
+    the frozen teacher's `features` of each batch; the student is left in eval mode."""
+    loss = loss.to(train.images.device)
     teacher.eval()
 
-    def boundary_loss(images: Tensor, _labels: Tensor, _indices: Tensor) -> Tensor:
+    def matching_loss(images: Tensor, _labels: Tensor, _indices: Tensor) -> Tensor:
         with torch.no_grad():
-            teacher_pre = pre_activation_stages(teacher, images)
-        return loss(pre_activation_stages(student, images), teacher_pre)
+            target = features(teacher, images)
+        return loss(features(student, images), target)
 
-    log = fit([student, loss], train, epochs, boundary_loss, settings, seed, augment)
+    log = fit([student, loss], train, epochs, matching_loss, settings, seed, augment)
     student.eval()
     return log
 
