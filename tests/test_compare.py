@@ -121,6 +121,14 @@ def test_an_old_single_session_baseline_is_compared_honestly():
     assert result.verdict == "unchanged"
     assert "cannot judge: 1 baseline session(s)" in quantity(result, "tec").note
     assert result.detection == "1 baseline sessions: too few to judge the noise between sessions"
+    assert result.too_few_sessions
+
+
+def test_a_non_gating_meter_with_too_few_sessions_is_tallied_as_cannot_judge():
+    current = snapshot(test=recorded(record("cputime", tec=300.0, rounds=[3.0])))
+    baseline = snapshot(test=recorded(record("cputime")))
+    report = compare_snapshots(current, baseline, gate=["counted"])
+    assert "not gating cputime: 1 cannot judge (each finding with -v)" in summary_lines(report)
 
 
 def test_paired_sessions_judge_head_against_base_pair_by_pair():

@@ -181,6 +181,15 @@ class MeterComparison:
         return next((q for q in self.quantities if q.quantity == name and q.usage == usage), None)
 
     @property
+    def too_few_sessions(self) -> bool:
+        """A noisy rule had too few sessions (or pairs) to judge: ``unchanged`` claims nothing."""
+        return self.rule != "exact" and any(
+            q.sessions is not None and q.detectable_percent is None
+            for q in self.quantities
+            if q.verdict is not None
+        )
+
+    @property
     def full_cycle(self) -> dict[float, QuantityComparison]:
         """E(MUI) comparisons by usage."""
         return {

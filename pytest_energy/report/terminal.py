@@ -254,7 +254,8 @@ def summary_lines(
     for test in report.tests:
         for meter in test.meters:
             if not meter.gating and not verbose:
-                not_gating.setdefault(meter.meter, Counter())[meter.verdict] += 1
+                tallied = "cannot judge" if meter.too_few_sessions else meter.verdict
+                not_gating.setdefault(meter.meter, Counter())[tallied] += 1
                 continue
             where = f"{test.nodeid} [{meter.meter}{'' if meter.gating else ', not gating'}]"
             against = f" vs {meter.baseline_source}" if meter.baseline_source else ""
