@@ -93,6 +93,8 @@ def run_stream(threads: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     environment = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     if threads != "default":
         environment["OMP_NUM_THREADS"] = threads
+    if args.omp_wait_policy:
+        environment["OMP_WAIT_POLICY"] = args.omp_wait_policy
     with tempfile.TemporaryDirectory(prefix="energy-false-alarms-") as name:
         directory = Path(name)
         (directory / "test_cnn.py").write_text(
@@ -139,6 +141,26 @@ def run_stream(threads: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return documents
 
 
+def _kept(document: Mapping[str, Any], meter: str) -> dict[str, Any]:
+    """What a replay needs of one session: its machine versions and the workload's records."""
+    return {
+        "machine": {"versions": document["machine"]["versions"]},
+        "tests": {
+            f"test_cnn.py::test_cnn[{scale}]": _record(document, scale, meter) for scale in SCALES
+        },
+    }
+
+
+def _replayed(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The session streams a previous ``--json`` saved, by thread setting."""
+    try:
+        return json.loads(path.read_text())["sessions"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            f"--replay {path}: not a false_alarms --json file with sessions ({error})"
+        ) from error
+
+
 def _record(document: Mapping[str, Any], scale: str, meter: str) -> dict[str, Any]:
     return dict(document["tests"][f"test_cnn.py::test_cnn[{scale}]"])
 
@@ -156,8 +178,12 @@ def _recorded(
     return Recorded(last, Provenance(source="stream", profile=profile, versions=versions))
 
 
-def _judge(base: Recorded, head: Recorded, meter: str, paired: bool) -> dict[str, Any]:
-    compared = compare_meter(meter, head, base, gating=True, paired=paired)
+def _judge(
+    base: Recorded, head: Recorded, meter: str, paired: bool, head_sessions: int = 1
+) -> dict[str, Any]:
+    compared = compare_meter(
+        meter, head, base, gating=True, paired=paired, head_sessions=head_sessions
+    )
     figures = {q.quantity: q for q in compared.quantities}
     return {
         "verdict": compared.verdict,
@@ -168,16 +194,26 @@ def _judge(base: Recorded, head: Recorded, meter: str, paired: bool) -> dict[str
     }
 
 
-def history_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> dict:
+def history_runs(
+    documents: Sequence[Mapping[str, Any]], args: argparse.Namespace, head_sessions: int = 1
+) -> dict:
+    """A baseline of the ``--keep`` sessions before, against the next ``head_sessions``."""
     versions = documents[0]["machine"]["versions"]
     runs: dict[str, list[dict[str, Any]]] = {scale: [] for scale in SCALES}
-    for index in range(args.keep, len(documents)):
+    for index in range(args.keep, len(documents) - head_sessions + 1):
         window = [_record(document, "1.00", args.meter) for document in documents[:index]]
         base = _recorded(window[-args.keep :], args.meter, versions)
         for scale in SCALES:
-            head = _recorded([_record(documents[index], scale, args.meter)], args.meter, versions)
-            runs[scale].append(_judge(base, head, args.meter, paired=False))
-    return {"runs": runs, "how": f"baseline of {args.keep} sessions, windows sliding"}
+            heads = [
+                _record(document, scale, args.meter)
+                for document in documents[index : index + head_sessions]
+            ]
+            head = _recorded(heads, args.meter, versions)
+            runs[scale].append(_judge(base, head, args.meter, False, head_sessions))
+    how = f"baseline of {args.keep} sessions, windows sliding"
+    if head_sessions > 1:
+        how += f"; this run {head_sessions} sessions (pytest-energy check --sessions)"
+    return {"runs": runs, "how": how}
 
 
 def ab_runs(documents: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> dict:
@@ -256,18 +292,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="default,1", help="comma list: default and/or N")
     parser.add_argument("--meter", default="cputime", help="the noisy meter (default cputime)")
     parser.add_argument("--keep", type=int, default=5, help="baseline sessions (history mode)")
+    parser.add_argument(
+        "--head-sessions",
+        type=int,
+        default=3,
+        help="sessions of the run judged in a second history row (pytest-energy check)",
+    )
     parser.add_argument("--pairs", type=int, default=5, help="pairs per A/B run")
     parser.add_argument("--min-ab-runs", type=int, default=20, help="disjoint A/B runs wanted")
     parser.add_argument("--rounds", type=int, default=5, help="inference rounds per session")
     parser.add_argument("--steps", type=int, default=8, help="SGD steps at scale 1.00")
     parser.add_argument("--seed", type=int, default=0, help="seed of the A/B sides")
-    parser.add_argument("--json", metavar="PATH", help="also write every verdict as JSON")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active"],
+        help="set OMP_WAIT_POLICY in the sessions (default: leave the environment's)",
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write every verdict and each session's records"
+    )
+    parser.add_argument(
+        "--replay",
+        metavar="PATH",
+        help="judge the sessions a previous --json saved instead of running new ones",
+    )
     args = parser.parse_args(argv)
-    rows, everything, torch = [], {}, "?"
-    for threads in [part.strip() for part in args.threads.split(",") if part.strip()]:
-        documents = run_stream(threads, args)
+    streams = _replayed(Path(args.replay)) if args.replay else None
+    rows, everything, saved, torch = [], {}, {}, "?"
+    for threads in streams or [part.strip() for part in args.threads.split(",") if part.strip()]:
+        documents = streams[threads] if streams else run_stream(threads, args)
+        saved[threads] = [_kept(document, args.meter) for document in documents]
+        args.sessions = len(documents)
         torch = documents[0]["machine"]["versions"].get("torch") or "?"
-        modes = {"history": history_runs(documents, args), **ab_runs(documents, args)}
+        modes = {"history": history_runs(documents, args)}
+        if args.head_sessions > 1:
+            modes[f"history, {args.head_sessions} sessions"] = history_runs(
+                documents, args, args.head_sessions
+            )
+        modes.update(ab_runs(documents, args))
         for mode, result in modes.items():
             everything[f"{threads}/{mode}"] = result
             rows.append(_summary(threads, mode, result))
@@ -293,10 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.meter}, {args.sessions} pytest sessions per thread setting, tolerance 5 %, "
         f"α = 0.01 each side, {args.rounds} inference rounds, {args.steps} SGD steps; "
         f"torch {torch}, {os.cpu_count()} CPU threads; history: {args.keep} baseline "
-        f"sessions; A/B: {args.pairs} pairs"
+        f"sessions; A/B: {args.pairs} pairs; OMP_WAIT_POLICY "
+        f"{args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(everything, indent=2) + "\n")
+        document = {"verdicts": everything, "sessions": saved}
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``pytest-energy ab`` end to end on a tiny git repository, and ``record``; bad input.
+"""``pytest-energy ab`` end to end on a tiny git repository, ``record`` and ``check``; bad input.
 
 The repository's energy test does a number of matrix products set by ``work.py`` and is
 measured by the ``counted`` meter, so the figures are exact and the sessions fast.
@@ -136,3 +136,39 @@ def test_record_saves_several_sessions(repository, capsys):
     (path,) = (repository / "baselines").glob("cputime-*.json")
     entry = json.loads(path.read_text())["tests"]["test_energy.py::test_method"]
     assert len(entry["sessions"]) == 3
+
+
+def test_check_judges_several_sessions_of_the_tree_against_the_committed_baseline(
+    repository, capsys
+):
+    counted = ["--", "-p", "no:randomly", "--energy-meter", "counted", "--energy-rounds", "3"]
+    git(repository, "checkout", "-q", "small")
+    assert main(["record", "--sessions", "1", *counted]) == 0
+    git(repository, "checkout", "-q", "main")  # twice the training work
+    capsys.readouterr()
+
+    status = main(["check", "--sessions", "2", "--json", "check.json", *counted])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert "session 1/2: pytest --energy" in out and "session 2/2: pytest --energy" in out
+    assert "REGRESSED test_energy.py::test_method [counted] vs baselines/counted.json" in out
+    assert "gate counted (2 sessions against the baseline): 1 regressed" in out
+    results = json.loads((repository / "check.json").read_text())
+    assert results["check"]["sessions"] == 2
+    assert results["comparison"]["counts"]["regressed"] == 1
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["check", "--baselines", "nowhere"], "--baselines nowhere: no such directory"),
+        (["check", "--baselines", "."], "no baseline for this machine's profiles (counted.json)"),
+        (["check", "--sessions", "0"], "--sessions 0: at least 1 are needed"),
+    ],
+)
+def test_check_without_a_baseline_is_one_clear_line_and_exit_2(
+    repository, capsys, arguments, message
+):
+    assert main([*arguments, *PYTEST]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error

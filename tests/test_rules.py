@@ -117,6 +117,38 @@ def test_swapping_a_and_b_swaps_regressed_and_improved(pairs, tolerance, alpha):
     assert backward == swapped[forward]
 
 
+# Five baseline sessions that happened to agree closely, as sessions on a quiet machine do.
+TIGHT = [1.00, 1.02, 0.99, 1.01, 0.98]
+
+
+def test_one_slow_session_alone_reads_as_a_regression_but_not_among_three():
+    # Session figures on a shared CPU are heavy-tailed: now and then a session runs far slower.
+    slow = 1.8
+    assert judge_history(slow, TIGHT, 0.05).verdict == "regressed"
+    among_three = judge_history([1.01, 0.99, slow], TIGHT, 0.05)
+    assert among_three.verdict == "unchanged"
+    assert "3 sessions of this run" in among_three.note
+
+
+def test_a_rise_every_session_of_the_run_shows_is_caught_on_three_sessions():
+    decision = judge_history([1.24, 1.27, 1.25], TIGHT, tolerance=0.05)
+    assert decision.verdict == "regressed"
+    assert decision.change == pytest.approx(0.255, abs=0.01)
+    assert decision.detectable < 0.15
+
+
+def test_one_session_as_a_list_is_the_single_figure_rule():
+    assert judge_history([1.10], HISTORY, 0.05) == judge_history(1.10, HISTORY, 0.05)
+
+
+@given(st.lists(figures, min_size=3, max_size=6), st.lists(figures, min_size=3, max_size=8))
+def test_swapping_this_run_and_the_baseline_swaps_regressed_and_improved(now, before):
+    forward = judge_history(now, before, 0.05).verdict
+    backward = judge_history(before, now, 0.05).verdict
+    swapped = {"regressed": "improved", "improved": "regressed", "unchanged": "unchanged"}
+    assert backward == swapped[forward]
+
+
 def test_bad_figures_are_refused():
     with pytest.raises(ValueError, match="finite and > 0"):
         judge_history(1.0, [1.0, -1.0, 1.0], 0.05)

@@ -450,7 +450,7 @@ def _session_decision(
             geometric_mean(head),
             judge_paired(head, base, tolerance, alpha),
         )
-    return geometric_mean(base), head[-1], judge_history(head[-1], base, tolerance, alpha)
+    return geometric_mean(base), geometric_mean(head), judge_history(head, base, tolerance, alpha)
 
 
 def _detection(rule: Rule, quantities: Sequence[QuantityComparison]) -> str:
@@ -486,11 +486,14 @@ def compare_meter(
     alpha: float = DEFAULT_ALPHA,
     tolerance: Tolerance | None = None,
     paired: bool = False,
+    head_sessions: int = 1,
 ) -> MeterComparison:
     """Compare one test's figures under one meter with its baseline (``None``: no baseline).
 
-    Noisy meters compare sessions: ``current`` is this session (its record) and ``baseline``
-    an entry with its last sessions (``paired``: both sides hold A/B sessions, pair by pair).
+    Noisy meters compare sessions: ``current`` is this run (its record) and ``baseline`` an
+    entry with its last sessions (``paired``: both sides hold A/B sessions, pair by pair). A run
+    is one session, or the last ``head_sessions`` sessions of ``current`` (``pytest-energy
+    check``).
     """
     now = current.record["meters"][meter]
     kind = str(now.get("kind"))
@@ -540,7 +543,7 @@ def compare_meter(
     sessions_now = entry_sessions(current.record, meter)
     sessions_before = entry_sessions(baseline.record, meter)
     if rule == "history":
-        sessions_now = sessions_now[-1:]
+        sessions_now = sessions_now[-head_sessions:]
 
     def judged(quantity: str, usage: float | None, limit: float, exact_now: Any, exact_before: Any):
         if rule == "exact":
@@ -637,13 +640,16 @@ def compare_snapshots(
     alpha: float = DEFAULT_ALPHA,
     tolerance: Tolerance | None = None,
     paired: bool = False,
+    head_sessions: int = 1,
     provenance: str = "",
 ) -> ComparisonReport:
     """Compare every test of ``current`` with ``baseline``.
 
     ``gate``: the meters whose verdicts decide (default: ``default_gate`` of the meters that
     ran). ``tolerance`` overrides each test's own recorded tolerance. ``paired``: both sides
-    hold A/B sessions (``pytest-energy ab``); ``provenance`` says so in reports.
+    hold A/B sessions (``pytest-energy ab``); ``head_sessions``: the last sessions of each
+    current record that belong to this run (``pytest-energy check``); ``provenance`` says so
+    in reports.
     """
     if gate is None:
         kinds = {
@@ -663,6 +669,7 @@ def compare_snapshots(
                 alpha=alpha,
                 tolerance=tolerance,
                 paired=paired,
+                head_sessions=head_sessions,
             )
             for meter, recorded in sorted(current[nodeid].items())
         )

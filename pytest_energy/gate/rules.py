@@ -11,10 +11,15 @@ Two kinds of rule, by how a figure was obtained:
   compared on a log scale (energy is positive and its noise multiplicative), as an interval
   of the change at level ``alpha`` on each side:
 
-  - ``judge_history``: this session against the last sessions of the baseline. The change
-    ``log(y) − mean(log x)`` of a new session from the same distribution has a Student t
-    prediction interval ``± t(1 − α, n − 1) · s · sqrt(1 + 1/n)`` (``s``: the spread between the
-    ``n`` baseline sessions).
+  - ``judge_history``: this run's session(s) against the last sessions of the baseline. The
+    change ``log(y) − mean(log x)`` of one new session from the same distribution has a Student
+    t prediction interval ``± t(1 − α, n − 1) · s · sqrt(1 + 1/n)`` (``s``: the spread between
+    the ``n`` baseline sessions). With ``m ≥ 2`` sessions of this run (``pytest-energy check
+    --sessions m``) the change is ``mean(log y) − mean(log x)`` and the interval the pooled
+    two-sample one, ``± t(1 − α, n + m − 2) · s_p · sqrt(1/n + 1/m)``: the spread is pooled over
+    both sides, so one slow session of this run widens the interval instead of deciding the
+    verdict (session figures on a shared CPU are heavy-tailed: most sessions agree, a few run
+    far slower).
   - ``judge_paired``: A/B pairs of sessions run alternately on one machine (RMIT, Abedi &
     Brecht 2017): the log ratio head/base of each pair; the interval of their mean is
     ``± t(1 − α, N − 1) · s / sqrt(N)``. Pairing cancels the drift the two sides share.
@@ -140,19 +145,26 @@ def _positive(values: Sequence[float], name: str) -> list[float]:
 
 
 def judge_history(
-    current: float, history: Sequence[float], tolerance: float, alpha: float = DEFAULT_ALPHA
+    current: float | Sequence[float],
+    history: Sequence[float],
+    tolerance: float,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Decision:
-    """One new session's figure against the figures of the baseline's last sessions.
+    """This run's session figure(s) against the figures of the baseline's last sessions.
 
-    ``history``: one figure per baseline session (oldest first; order does not matter).
+    ``current``: one figure, or one per session of this run; ``history``: one figure per
+    baseline session (oldest first; order does not matter).
     """
     history = _positive(history, "history")
-    if current <= 0 or not math.isfinite(current):
-        if current == 0:
-            return Decision("improved", -1.0, note="this session read 0 J")
-        raise ValueError(f"current: a figure must be finite and ≥ 0, got {current!r}")
+    now = [float(current)] if isinstance(current, (int, float)) else [float(v) for v in current]
+    if not now:
+        raise ValueError("current: at least one figure is needed")
+    if any(not math.isfinite(value) or value < 0 for value in now):
+        raise ValueError(f"current: figures must be finite and ≥ 0, got {now!r}")
+    if 0.0 in now:
+        return Decision("improved", -1.0, note="this session read 0 J")
     centre = geometric_mean(history)
-    log_change = math.log(current) - math.log(centre)
+    log_change = math.log(geometric_mean(now)) - math.log(centre)
     count = len(history)
     if count < MIN_SESSIONS:
         return Decision(
@@ -162,9 +174,24 @@ def judge_history(
             note=f"cannot judge: {count} baseline session(s), the spread between sessions needs "
             f"≥ {MIN_SESSIONS} (record more with `pytest-energy record --sessions 5`)",
         )
-    spread = statistics.stdev(math.log(value) for value in history)
-    half_width = t_quantile(1.0 - alpha, count - 1) * spread * math.sqrt(1.0 + 1.0 / count)
-    return _interval_decision(log_change, half_width, tolerance, count, "baseline sessions")
+    logs_before = [math.log(value) for value in history]
+    if len(now) == 1:
+        spread = statistics.stdev(logs_before)
+        half_width = t_quantile(1.0 - alpha, count - 1) * spread * math.sqrt(1.0 + 1.0 / count)
+        return _interval_decision(log_change, half_width, tolerance, count, "baseline sessions")
+    logs_now = [math.log(value) for value in now]
+    freedom = count + len(now) - 2
+    pooled = (
+        (count - 1) * statistics.variance(logs_before)
+        + (len(now) - 1) * statistics.variance(logs_now)
+    ) / freedom
+    half_width = (
+        t_quantile(1.0 - alpha, freedom)
+        * math.sqrt(pooled)
+        * math.sqrt(1.0 / count + 1.0 / len(now))
+    )
+    what = f"baseline sessions, {len(now)} sessions of this run"
+    return _interval_decision(log_change, half_width, tolerance, count, what)
 
 
 def judge_paired(

@@ -5,6 +5,10 @@ both commands run whole sessions, each a new ``python -m pytest`` process:
 
 - ``record --sessions K [-- PYTEST ARGS]``: K sessions with ``--energy --energy-save``, so a new
   baseline rests on K sessions, not one (the gate judges against their spread).
+- ``check [--sessions M] [-- PYTEST ARGS]``: M sessions of the working tree judged together
+  against the committed baseline (``rules.judge_history`` with M sessions: the spread is pooled
+  over both sides, so one slow session of this run cannot decide the verdict alone). The
+  baseline-history mode for noisy meters when one session is not enough to be trusted.
 - ``ab BASE [HEAD] [--pairs N] [-- PYTEST ARGS]``: BASE and HEAD (default: the checked-out
   commit, which must be clean) are checked out into temporary git worktrees and their tests run
   alternately, N pairs, the order within each pair drawn at random (randomized multiple
@@ -41,11 +45,20 @@ from pytest_energy.gate.plugin import parse_alpha, parse_gate
 from pytest_energy.gate.profiles import profile_from_results
 from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
 from pytest_energy.gate.sessions import session_item
-from pytest_energy.gate.store import read_json, refuse_overwriting_inputs, validate_results
+from pytest_energy.gate.store import (
+    DEFAULT_DIRECTORY,
+    baseline_path,
+    baseline_snapshot,
+    load_baseline,
+    read_json,
+    refuse_overwriting_inputs,
+    validate_results,
+)
 from pytest_energy.report.terminal import summary_lines
 
 DEFAULT_PAIRS = 5
 DEFAULT_RECORD_SESSIONS = 5
+DEFAULT_CHECK_SESSIONS = 3
 
 
 class RunError(EnergyError):
@@ -97,26 +110,55 @@ def add_run_commands(commands: Any) -> None:
         help=f"pairs of sessions (default {DEFAULT_PAIRS}, at least {MIN_SESSIONS})",
     )
     ab.add_argument("--seed", metavar="S", default=None, help="seed of the order within pairs")
-    ab.add_argument(
+    _add_judging_options(ab)
+    ab.set_defaults(handler=command_ab)
+
+    check = commands.add_parser(
+        "check",
+        help="judge the working tree on M fresh sessions against the committed baseline",
+        description="Run `pytest --energy PYTEST ARGS` M times, each in a new process, and judge "
+        "each test on the M sessions together against the baseline file of this machine's "
+        "profile (a noisy meter: this run's sessions against the baseline's, spread pooled over "
+        "both). Exit 1 on a regression, 2 on bad input. Arguments after `--` go to pytest. "
+        "Costs M sessions.",
+    )
+    check.add_argument(
+        "--sessions",
+        metavar="M",
+        default=str(DEFAULT_CHECK_SESSIONS),
+        help=f"sessions of this run (default {DEFAULT_CHECK_SESSIONS})",
+    )
+    check.add_argument(
+        "--baselines",
+        metavar="DIR",
+        default=DEFAULT_DIRECTORY,
+        help=f"directory of the baseline files (default {DEFAULT_DIRECTORY}, relative to here)",
+    )
+    _add_judging_options(check)
+    check.set_defaults(handler=command_check)
+
+
+def _add_judging_options(parser: Any) -> None:
+    """The options ``ab`` and ``check`` share: how to judge and where to write."""
+    parser.add_argument(
         "--tolerance",
         metavar="FRACTION",
         default=None,
         help="allowed rise for every test, e.g. 5%% (default: each test's own)",
     )
-    ab.add_argument(
+    parser.add_argument(
         "--alpha",
         default=str(DEFAULT_ALPHA),
         help=f"significance level of each side of the interval (default {DEFAULT_ALPHA:g})",
     )
-    ab.add_argument("--gate", metavar="METERS", default=None, help="meters that gate (auto)")
-    ab.add_argument("--json", metavar="PATH", default=None, help="write the results JSON here")
-    ab.add_argument("--markdown", metavar="PATH", default=None, help="write a markdown report")
-    ab.add_argument(
+    parser.add_argument("--gate", metavar="METERS", default=None, help="meters that gate (auto)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the results JSON here")
+    parser.add_argument("--markdown", metavar="PATH", default=None, help="write a markdown report")
+    parser.add_argument(
         "--fail-on-improvement",
         action="store_true",
         help="an improvement beyond tolerance fails the run too",
     )
-    ab.set_defaults(handler=command_ab)
 
 
 def _count(value: str, flag: str, least: int) -> int:
@@ -285,10 +327,20 @@ def worktrees(repository: Path, commits: Mapping[str, str]) -> Iterator[dict[str
         _git(repository, "worktree", "prune")
 
 
+def meter_kinds(document: Mapping[str, Any]) -> dict[str, str]:
+    """meter → kind of the meters a results document's tests ran."""
+    return {
+        meter: view["kind"]
+        for record in document["tests"].values()
+        for meter, view in record["meters"].items()
+    }
+
+
 def _recorded_side(
-    documents: Sequence[Mapping[str, Any]], label: str
+    documents: Sequence[Mapping[str, Any]], label: str, unit: str = "pair"
 ) -> dict[str, dict[str, Recorded]]:
-    """node id → meter → Recorded whose record holds one session per pair (pair order)."""
+    """node id → meter → Recorded whose record holds one session per document, in order
+    (``unit``: what each document is, a ``pair`` of A/B or a ``session`` of check)."""
     last = documents[-1]
     machine = last.get("machine", {})
     versions = machine.get("versions", {}) if isinstance(machine, Mapping) else {}
@@ -297,11 +349,11 @@ def _recorded_side(
     for nodeid, record in last["tests"].items():
         for meter, view in record["meters"].items():
             sessions = []
-            for pair, document in enumerate(documents, start=1):
+            for number, document in enumerate(documents, start=1):
                 other = document["tests"].get(nodeid, {}).get("meters", {}).get(meter)
                 if other is None:
                     break
-                provenance = {"pair": pair, "time": document.get("created"), "side": label}
+                provenance = {unit: number, "time": document.get("created"), "side": label}
                 sessions.append(session_item(other, record.get("usage") or [], provenance))
             if len(sessions) != len(documents):
                 continue
@@ -329,11 +381,7 @@ def judge_pairs(
 ) -> ComparisonReport:
     """Compare HEAD's results documents with BASE's, pair by pair (pure data, no I/O)."""
     pairs = len(head)
-    kinds = {
-        meter: view["kind"]
-        for record in head[-1]["tests"].values()
-        for meter, view in record["meters"].items()
-    }
+    kinds = meter_kinds(head[-1])
     return compare_snapshots(
         _recorded_side(head, head_label),
         _recorded_side(base, base_label),
@@ -412,6 +460,87 @@ def command_ab(args: argparse.Namespace) -> int:
             "pairs": pairs,
             "seed": str(seed),
         },
+    }
+    _write(results, report, args)
+    failing = report.regressed or (args.fail_on_improvement and report.improved)
+    return 1 if failing else 0
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+
+def committed_baselines(
+    directory: Path, document: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Recorded]], list[Path]]:
+    """The baseline snapshot of every meter ``document`` ran, from the files of its profiles in
+    ``directory``; and the files looked for (read or missing)."""
+    kinds = meter_kinds(document)
+    snapshot: dict[str, dict[str, Recorded]] = {}
+    looked: list[Path] = []
+    for meter, kind in sorted(kinds.items()):
+        profile = profile_from_results(document, meter, kind)
+        path = baseline_path(directory, profile)
+        looked.append(path)
+        try:
+            baseline = load_baseline(path, profile)
+        except BaselineError as error:
+            raise RunError(str(error)) from None
+        if baseline is not None:
+            for nodeid, meters in baseline_snapshot(baseline).items():
+                snapshot.setdefault(nodeid, {}).update(meters)
+    return snapshot, looked
+
+
+def command_check(args: argparse.Namespace) -> int:
+    """``pytest-energy check``: see the module docstring."""
+    sessions = _count(args.sessions, "--sessions", 1)
+    alpha = parse_alpha(args.alpha, "--alpha")
+    tolerance = parse_tolerance(args.tolerance, "--tolerance") if args.tolerance else None
+    pytest_args = list(getattr(args, "passthrough", []))
+    directory = Path(args.baselines)
+    if not directory.is_dir():
+        raise RunError(
+            f"--baselines {args.baselines}: no such directory; record a baseline first "
+            f"(pytest-energy record --sessions 5) or name the directory that holds it"
+        )
+    refuse_overwriting_inputs({"--json": args.json, "--markdown": args.markdown})
+    documents: list[Mapping[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="pytest-energy-check-") as scratch:
+            empty = Path(scratch, "no-baselines")
+            for index in range(1, sessions + 1):
+                print(f"session {index}/{sessions}: pytest --energy", flush=True)
+                results = Path(scratch, f"session-{index}.json")
+                session = run_session(
+                    Path.cwd(), pytest_args, results, [f"--energy-baselines={empty}"]
+                )
+                documents.append(_check_session(session, f"session {index}"))
+    except KeyboardInterrupt:
+        print("pytest-energy check: interrupted; nothing written", file=sys.stderr)
+        return 2
+    baseline, looked = committed_baselines(directory, documents[-1])
+    if not baseline:
+        raise RunError(
+            f"no baseline for this machine's profiles ({', '.join(str(p) for p in looked)}): "
+            f"record one with `pytest-energy record --sessions 5 -- PYTEST ARGS`"
+        )
+    kinds = meter_kinds(documents[-1])
+    label = f"this tree, {sessions} session(s)"
+    report = compare_snapshots(
+        _recorded_side(documents, label, unit="session"),
+        baseline,
+        gate=parse_gate(args.gate, kinds, "--gate"),
+        alpha=alpha,
+        tolerance=tolerance,
+        head_sessions=sessions,
+        provenance=f"{sessions} sessions against the baseline",
+    )
+    for line in summary_lines(report, args.fail_on_improvement):
+        print(line)
+    results = {
+        **documents[-1],
+        "comparison": report.to_dict(),
+        "check": {"sessions": sessions, "baselines": [str(path) for path in looked]},
     }
     _write(results, report, args)
     failing = report.regressed or (args.fail_on_improvement and report.improved)
