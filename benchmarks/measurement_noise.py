@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\n{args.sessions} fresh sessions per setting, alternating; {ROUNDS} cputime rounds per "
-        f"length; {os.cpu_count()} CPU threads here; "
+        f"length; {os.cpu_count()} CPU threads here; OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
         f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     return 0
