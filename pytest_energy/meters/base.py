@@ -126,14 +126,17 @@ def check_reading(reading: Reading) -> None:
     Every Reading passes here when it is made, so no such figure reaches a result, a report or
     a baseline. A meter that knows its domain's power bound checks plausibility itself (rapl).
     """
-    figures = {f"joules[{domain!r}]": joules for domain, joules in reading.joules_by_domain.items()}
-    figures["seconds"] = reading.seconds
-    for name, value in figures.items():
+    figures = [(domain, joules) for domain, joules in reading.joules_by_domain.items()]
+    figures.append((None, reading.seconds))
+    for domain, value in figures:
+        if isinstance(value, float) and 0.0 <= value < math.inf:
+            continue  # the common case, checked without building a message
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
         if not math.isfinite(number) or number < 0:
+            name = "seconds" if domain is None else f"joules[{domain!r}]"
             raise ImplausibleReading(
                 f"{reading.meter}: refused a reading with {name} = {value!r}: energy and time "
                 f"must be finite and ≥ 0 (a broken counter or meter setting); nothing was "
