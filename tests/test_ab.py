@@ -163,7 +163,7 @@ def test_check_judges_several_sessions_of_the_tree_against_the_committed_baselin
     [
         (["check", "--baselines", "nowhere"], "--baselines nowhere: no such directory"),
         (["check", "--baselines", "."], "no baseline for this machine's profiles (counted.json)"),
-        (["check", "--sessions", "0"], "--sessions 0: at least 1 are needed"),
+        (["check", "--sessions", "0"], "--sessions 0: at least one session is needed"),
     ],
 )
 def test_check_without_a_baseline_is_one_clear_line_and_exit_2(

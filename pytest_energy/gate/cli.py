@@ -42,7 +42,8 @@ def add_compare_command(commands: Any) -> None:
     compare.add_argument(
         "--alpha",
         default=str(DEFAULT_ALPHA),
-        help=f"significance level of the rounds test (default {DEFAULT_ALPHA:g})",
+        help=f"significance level of each side of a noisy meter's interval of the change "
+        f"between sessions (default {DEFAULT_ALPHA:g})",
     )
     compare.add_argument(
         "--gate",

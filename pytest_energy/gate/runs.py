@@ -167,6 +167,8 @@ def _count(value: str, flag: str, least: int) -> int:
     except ValueError:
         raise ConfigError(f"{flag} {value!r}: expected a whole number ≥ {least}") from None
     if count < least:
+        if least == 1:
+            raise ConfigError(f"{flag} {count}: at least one session is needed")
         raise ConfigError(
             f"{flag} {count}: at least {least} are needed to measure the spread between "
             f"sessions (5 is a good start)"
@@ -505,6 +507,8 @@ def command_check(args: argparse.Namespace) -> int:
         )
     refuse_overwriting_inputs({"--json": args.json, "--markdown": args.markdown})
     documents: list[Mapping[str, Any]] = []
+    baseline: dict[str, dict[str, Recorded]] = {}
+    looked: list[Path] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pytest-energy-check-") as scratch:
             empty = Path(scratch, "no-baselines")
@@ -515,15 +519,17 @@ def command_check(args: argparse.Namespace) -> int:
                     Path.cwd(), pytest_args, results, [f"--energy-baselines={empty}"]
                 )
                 documents.append(_check_session(session, f"session {index}"))
+                if index == 1:  # the profiles are known now: stop early without a baseline
+                    baseline, looked = committed_baselines(directory, documents[0])
+                    if not baseline:
+                        raise RunError(
+                            f"no baseline for this machine's profiles "
+                            f"({', '.join(str(path) for path in looked)}): record one with "
+                            f"`pytest-energy record --sessions 5 -- PYTEST ARGS`"
+                        )
     except KeyboardInterrupt:
         print("pytest-energy check: interrupted; nothing written", file=sys.stderr)
         return 2
-    baseline, looked = committed_baselines(directory, documents[-1])
-    if not baseline:
-        raise RunError(
-            f"no baseline for this machine's profiles ({', '.join(str(p) for p in looked)}): "
-            f"record one with `pytest-energy record --sessions 5 -- PYTEST ARGS`"
-        )
     kinds = meter_kinds(documents[-1])
     label = f"this tree, {sessions} session(s)"
     report = compare_snapshots(
