@@ -102,6 +102,7 @@ def test_estimated_rise_beyond_the_noise_between_sessions_regresses():
     assert "could detect ≥ 17 %" in describe_change(iec)
     assert result.detection.startswith("8 baseline sessions: could detect TEC ≥ 17 %, IEC ≥ 17 %")
     assert "noise hides the 5 % tolerance" in result.detection
+    assert result.detection.endswith("confirm on several with `pytest-energy check --sessions 3`")
 
 
 def test_rounds_of_one_session_do_not_make_a_drift_significant():

@@ -605,12 +605,19 @@ def compare_meter(
                 note="informational: greenness also moves with accuracy",
             )
         )
+    verdict = _meter_verdict(quantities)
+    detection = "" if rule == "exact" else _detection(rule, quantities)
+    if rule == "history" and head_sessions == 1 and verdict == "regressed" and detection:
+        detection += (
+            "; judged on one session, and a session now and then runs far slower: confirm on "
+            "several with `pytest-energy check --sessions 3`"
+        )
     return MeterComparison(
         **common,
-        verdict=_meter_verdict(quantities),
+        verdict=verdict,
         warnings=warnings,
         baseline_source=source,
-        detection="" if rule == "exact" else _detection(rule, quantities),
+        detection=detection,
         quantities=tuple(quantities),
     )
 
