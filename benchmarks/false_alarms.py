@@ -13,13 +13,17 @@ From that stream the gate's own rules (``pytest_energy.gate.compare``) judge:
   ``test_cnn[1.00]`` figures, as ``pytest-energy record`` writes them) against session r's
   ``[1.00]`` (an A/A run: any regression is a false alarm), ``[1.10]`` and ``[1.25]``
   (detections). One run per session after the first ``--keep``, windows sliding.
+- **history, M sessions** (``--head-sessions``, default 3): the same windows against the next M
+  sessions judged together, as ``pytest-energy check --sessions M`` judges them.
 - **A/B mode**: consecutive sessions form pairs, the side of each drawn at random (RMIT, as
   ``pytest-energy ab`` runs them); ``--pairs`` consecutive pairs make one A/B run: base
   ``[1.00]`` against head ``[1.00]`` (A/A), ``[1.10]`` or ``[1.25]``. Runs are disjoint groups
   of pairs (independent); with fewer than ``--min-ab-runs`` of them, a second row judges sliding
   windows of pairs too (overlapping, so not independent: the row says so).
 
-It prints per thread setting and mode: false alarms out of the A/A runs, the share of +10 % and
+``--json`` keeps each session's records besides the verdicts, and ``--replay PATH`` judges a
+saved stream again with the current rules, without running a session. It prints per thread
+setting and mode: false alarms out of the A/A runs, the share of +10 % and
 +25 % runs caught, the median smallest detectable change the verdicts printed (TEC and IEC) and
 the largest A/A change seen, so the two can be checked against each other. A "regression" here
 is the gate's verdict on the test (TEC, IEC or E(MUI) beyond tolerance and noise).
