@@ -322,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     streams = _replayed(Path(args.replay)) if args.replay else None
-    rows, everything, saved, torch = [], {}, {}, "?"
+    rows, everything, saved, sessions, torch = [], {}, {}, 0, "?"
     for threads in streams or [part.strip() for part in args.threads.split(",") if part.strip()]:
         documents = streams[threads] if streams else run_stream(threads, args)
         saved[threads] = [_kept(document, args.meter) for document in documents]
-        args.sessions = len(documents)
+        sessions = len(documents)
         torch = documents[0]["machine"]["versions"].get("torch") or "?"
         modes = {"history": history_runs(documents, args)}
         if args.head_sessions > 1:
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(
-        f"\n{args.meter}, {args.sessions} pytest sessions per thread setting, tolerance 5 %, "
+        f"\n{args.meter}, {sessions} pytest sessions per thread setting, tolerance 5 %, "
         f"α = 0.01 each side, {args.rounds} inference rounds, {args.steps} SGD steps; "
         f"torch {torch}, {os.cpu_count()} CPU threads; history: {args.keep} baseline "
         f"sessions; A/B: {args.pairs} pairs; OMP_WAIT_POLICY "

@@ -453,8 +453,11 @@ def _session_decision(
     return geometric_mean(base), geometric_mean(head), judge_history(head, base, tolerance, alpha)
 
 
-def _detection(rule: Rule, quantities: Sequence[QuantityComparison]) -> str:
-    """One line on what a noisy comparison could see: sessions, detectable TEC and IEC."""
+def _detection(
+    rule: Rule, quantities: Sequence[QuantityComparison], verdict: Verdict, head_sessions: int
+) -> str:
+    """One line on what a noisy comparison could see: sessions, detectable TEC and IEC; for a
+    regression judged on one session, how to confirm it on several."""
     judged = [q for q in quantities if q.verdict is not None and q.quantity in ("tec", "iec")]
     counted = [q.sessions for q in judged if q.sessions is not None]
     if not judged or not counted:
@@ -474,6 +477,11 @@ def _detection(rule: Rule, quantities: Sequence[QuantityComparison]) -> str:
         tolerance = hidden[0].tolerance_percent or 0.0
         names = ", ".join(QUANTITY_LABELS[q.quantity] for q in hidden)
         line += f"; noise hides the {tolerance:g} % tolerance ({names})"
+    if rule == "history" and head_sessions == 1 and verdict == "regressed":
+        line += (
+            "; judged on one session, and a session now and then runs far slower: confirm on "
+            "several with `pytest-energy check --sessions 3`"
+        )
     return line
 
 
@@ -606,18 +614,12 @@ def compare_meter(
             )
         )
     verdict = _meter_verdict(quantities)
-    detection = "" if rule == "exact" else _detection(rule, quantities)
-    if rule == "history" and head_sessions == 1 and verdict == "regressed" and detection:
-        detection += (
-            "; judged on one session, and a session now and then runs far slower: confirm on "
-            "several with `pytest-energy check --sessions 3`"
-        )
     return MeterComparison(
         **common,
         verdict=verdict,
         warnings=warnings,
         baseline_source=source,
-        detection=detection,
+        detection="" if rule == "exact" else _detection(rule, quantities, verdict, head_sessions),
         quantities=tuple(quantities),
     )
 

@@ -44,9 +44,9 @@ from pytest_energy.gate.store import (
     SaveResult,
     baseline_entry,
     baseline_path,
-    baseline_snapshot,
     check_writable,
     load_baseline,
+    merged_snapshot,
     other_profiles,
     refuse_overwriting_inputs,
     run_provenance,
@@ -396,14 +396,11 @@ class RegressionGate:
         }
 
     def _baseline_snapshot(self) -> dict[str, dict[str, Recorded]]:
-        merged: dict[str, dict[str, Recorded]] = {}
-        for baseline in self.baselines.values():
-            if baseline is None:
-                continue
-            shown = BaselineFile(Path(self._shown(baseline.path)), baseline.profile, baseline.tests)
-            for nodeid, meters in baseline_snapshot(shown).items():
-                merged.setdefault(nodeid, {}).update(meters)
-        return merged
+        return merged_snapshot(
+            BaselineFile(Path(self._shown(baseline.path)), baseline.profile, baseline.tests)
+            for baseline in self.baselines.values()
+            if baseline is not None
+        )
 
     def _save(self, results: Mapping[str, Mapping[str, Any]]) -> None:
         provenance = run_provenance(self.config.rootpath)

@@ -174,24 +174,26 @@ def judge_history(
             note=f"cannot judge: {count} baseline session(s), the spread between sessions needs "
             f"≥ {MIN_SESSIONS} (record more with `pytest-energy record --sessions 5`)",
         )
-    logs_before = [math.log(value) for value in history]
-    if len(now) == 1:
-        spread = statistics.stdev(logs_before)
-        half_width = t_quantile(1.0 - alpha, count - 1) * spread * math.sqrt(1.0 + 1.0 / count)
-        return _interval_decision(log_change, half_width, tolerance, count, "baseline sessions")
-    logs_now = [math.log(value) for value in now]
+    # Pooled over both sides; with one session of this run it adds nothing to the spread and
+    # the interval is the prediction interval of one new session, sqrt(1 + 1/n).
     freedom = count + len(now) - 2
-    pooled = (
-        (count - 1) * statistics.variance(logs_before)
-        + (len(now) - 1) * statistics.variance(logs_now)
-    ) / freedom
+    squares = _squared_deviations(history) + _squared_deviations(now)
     half_width = (
         t_quantile(1.0 - alpha, freedom)
-        * math.sqrt(pooled)
+        * math.sqrt(squares / freedom)
         * math.sqrt(1.0 / count + 1.0 / len(now))
     )
-    what = f"baseline sessions, {len(now)} sessions of this run"
+    what = "baseline sessions"
+    if len(now) > 1:
+        what += f", {len(now)} sessions of this run"
     return _interval_decision(log_change, half_width, tolerance, count, what)
+
+
+def _squared_deviations(values: Sequence[float]) -> float:
+    """Sum of squared deviations of ``log(values)`` from their mean."""
+    logs = [math.log(value) for value in values]
+    centre = statistics.fmean(logs)
+    return sum((value - centre) ** 2 for value in logs)
 
 
 def judge_paired(

@@ -47,9 +47,10 @@ from pytest_energy.gate.rules import DEFAULT_ALPHA, MIN_SESSIONS
 from pytest_energy.gate.sessions import session_item
 from pytest_energy.gate.store import (
     DEFAULT_DIRECTORY,
+    BaselineFile,
     baseline_path,
-    baseline_snapshot,
     load_baseline,
+    merged_snapshot,
     read_json,
     refuse_overwriting_inputs,
     validate_results,
@@ -476,21 +477,17 @@ def committed_baselines(
 ) -> tuple[dict[str, dict[str, Recorded]], list[Path]]:
     """The baseline snapshot of every meter ``document`` ran, from the files of its profiles in
     ``directory``; and the files looked for (read or missing)."""
-    kinds = meter_kinds(document)
-    snapshot: dict[str, dict[str, Recorded]] = {}
+    files: list[BaselineFile | None] = []
     looked: list[Path] = []
-    for meter, kind in sorted(kinds.items()):
+    for meter, kind in sorted(meter_kinds(document).items()):
         profile = profile_from_results(document, meter, kind)
         path = baseline_path(directory, profile)
         looked.append(path)
         try:
-            baseline = load_baseline(path, profile)
+            files.append(load_baseline(path, profile))
         except BaselineError as error:
             raise RunError(str(error)) from None
-        if baseline is not None:
-            for nodeid, meters in baseline_snapshot(baseline).items():
-                snapshot.setdefault(nodeid, {}).update(meters)
-    return snapshot, looked
+    return merged_snapshot(files), looked
 
 
 def command_check(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -467,6 +467,17 @@ def baseline_snapshot(baseline: BaselineFile) -> dict[str, dict[str, Recorded]]:
         )
         snapshot[nodeid] = {baseline.profile.meter: Recorded(record, provenance)}
     return snapshot
+
+
+def merged_snapshot(baselines: Iterable[BaselineFile | None]) -> dict[str, dict[str, Recorded]]:
+    """node id → {meter: Recorded} over several baseline files (one per meter's profile)."""
+    merged: dict[str, dict[str, Recorded]] = {}
+    for baseline in baselines:
+        if baseline is None:
+            continue
+        for nodeid, meters in baseline_snapshot(baseline).items():
+            merged.setdefault(nodeid, {}).update(meters)
+    return merged
 
 
 def results_snapshot(document: Mapping[str, Any], source: str) -> dict[str, dict[str, Recorded]]:

@@ -126,9 +126,7 @@ def check_reading(reading: Reading) -> None:
     Every Reading passes here when it is made, so no such figure reaches a result, a report or
     a baseline. A meter that knows its domain's power bound checks plausibility itself (rapl).
     """
-    figures = [(domain, joules) for domain, joules in reading.joules_by_domain.items()]
-    figures.append((None, reading.seconds))
-    for domain, value in figures:
+    for domain, value in (*reading.joules_by_domain.items(), (None, reading.seconds)):
         if isinstance(value, float) and 0.0 <= value < math.inf:
             continue  # the common case, checked without building a message
         try:
