@@ -96,8 +96,7 @@ class EnergyFixture:
             )
         self._phase_names.add(name)
 
-    @contextlib.contextmanager
-    def _window(self, label: str) -> Iterator[None]:
+    def _open(self, label: str) -> None:
         """Refuse nested windows with or without ``--energy``: misuse fails the same either way."""
         __tracebackhide__ = True
         if self._open_window is not None:
@@ -106,28 +105,23 @@ class EnergyFixture:
                 f"Close the first window before opening the next one."
             )
         self._open_window = label
+
+    @contextlib.contextmanager
+    def _window(self, label: str) -> Iterator[None]:
+        __tracebackhide__ = True
+        self._open(label)
         try:
             yield
         finally:
             self._open_window = None
 
-    @contextlib.contextmanager
-    def train(self, phase: str) -> Iterator[None]:
-        """Measure one training phase (compression, fine-tuning, search...); it adds to TEC."""
-        __tracebackhide__ = True
-        self._claim_phase_name(phase, f"energy.train({phase!r})")
-        with self._window(f"energy.train({phase!r})"), self.live.phase_window(phase):
-            if not self.enabled:
-                yield
-                return
-            try:
-                with self._session.window(f"energy.train({phase!r})") as readings:
-                    steps = self._steps = StepRecorder(self._session.meters)
-                    yield
-            finally:
-                self._steps = None
-        readings = steps.annotate(readings)  # energy per step and epoch from progress() calls
-        self.phases.append(PhaseRecord(name=phase, charged=False, readings=readings))
+    def train(self, phase: str) -> TrainWindow:
+        """Measure one training phase (compression, fine-tuning, search...); it adds to TEC.
+
+        ``with energy.train("finetune"):`` around the phase's loop; call ``energy.progress()``
+        once per step inside it for energy per step and per epoch.
+        """
+        return TrainWindow(self, phase)
 
     def train_distributed(
         self,
@@ -383,6 +377,58 @@ class EnergyFixture:
     @property
     def measured_anything(self) -> bool:
         return bool(self.phases) or self.inference_record is not None
+
+
+class TrainWindow:
+    """``with energy.train(phase):`` as one flat object rather than nested generators.
+
+    Users open one per phase and often one per epoch, so its edges cost what the meters' edges
+    cost and little more. The phase is recorded only when its body finishes without an error.
+    """
+
+    __slots__ = ("_energy", "_measured", "_phase", "_readings")
+
+    def __init__(self, energy: EnergyFixture, phase: str) -> None:
+        self._energy = energy
+        self._phase = phase
+        self._measured: Any = None
+        self._readings: Mapping[str, Any] = {}
+
+    def __enter__(self) -> None:
+        __tracebackhide__ = True
+        energy, phase = self._energy, self._phase
+        label = f"energy.train({phase!r})"
+        energy._claim_phase_name(phase, label)
+        energy._open(label)
+        energy.live.begin(phase)
+        if not energy.enabled:
+            return
+        try:
+            measured = energy._session.window(label)
+            self._readings = measured.__enter__()
+            self._measured = measured
+            energy._steps = StepRecorder(energy._session.meters)
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, error_type: Any, error: Any, traceback: Any) -> None:
+        energy = self._energy
+        steps = energy._steps
+        self._close(error_type, error, traceback)
+        if error_type is None and self._measured is not None and steps is not None:
+            readings = steps.annotate(self._readings)  # energy per step from progress() calls
+            energy.phases.append(PhaseRecord(name=self._phase, charged=False, readings=readings))
+
+    def _close(self, *error_info: Any) -> None:
+        energy = self._energy
+        energy._steps = None
+        try:
+            if self._measured is not None:
+                self._measured.__exit__(*(error_info or (None, None, None)))
+        finally:
+            energy._open_window = None
+            energy.live.end()
 
 
 def energy_fixture_with(

@@ -187,12 +187,20 @@ class PhaseProgress:
     @contextlib.contextmanager
     def phase_window(self, phase: str) -> Iterator[None]:
         """Mark ``phase`` as running; the progress line is erased when it ends."""
-        self.phase, self.started = phase, time.perf_counter()
+        self.begin(phase)
         try:
             yield
         finally:
-            self.phase = self.started = None
-            self.line.close()
+            self.end()
+
+    def begin(self, phase: str) -> None:
+        """``phase`` started running (``phase_window`` without a generator, for hot paths)."""
+        self.phase, self.started = phase, time.perf_counter()
+
+    def end(self) -> None:
+        """The running phase ended: the progress line is erased."""
+        self.phase = self.started = None
+        self.line.close()
 
     def update(self, meters: Sequence[Any] | None, fields: dict[str, Any]) -> bool:
         """Redraw the line if due; ``meters`` (None: not measuring) are peeked for joules."""

@@ -52,7 +52,7 @@ class PhaseRecord:
 
     name: str
     charged: bool
-    readings: dict[str, Reading]
+    readings: Mapping[str, Reading]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ from pytest_energy.config import LifecycleSettings
 from pytest_energy.distributed import current_rank_group
 from pytest_energy.errors import MeasurementError
 from pytest_energy.meters import MeterOptions, MeterSelection
-from pytest_energy.meters.base import Meter, Reading, remove_bookkeeping
+from pytest_energy.meters.base import Meter, Reading, WindowReadings
 
 
 @dataclass
@@ -26,6 +26,67 @@ class Charge:
     name: str
     readings: dict[str, Reading] = field(default_factory=dict)
     closed: bool = False
+
+
+class MeasuredWindow:
+    """One measured window, ``with session.window(...) as readings:``.
+
+    A class rather than a generator: users open a window per phase or per epoch, and its edges
+    should cost what the meters' edges cost. Windows cannot nest. Readings are built when first
+    looked at (``WindowReadings``), so closing the window only reads the meters' edges.
+    """
+
+    __slots__ = (
+        "_across_ranks",
+        "_label",
+        "_meters",
+        "_ranks",
+        "_readings",
+        "_session",
+        "_started",
+    )
+
+    def __init__(
+        self, session: EnergySession, label: str, meters: Sequence[Meter], across_ranks: bool
+    ) -> None:
+        self._session = session
+        self._label = label
+        self._meters = meters
+        self._across_ranks = across_ranks
+        self._started: list[Meter] = []
+        self._ranks: Any = None
+        self._readings = WindowReadings()
+
+    def __enter__(self) -> Mapping[str, Reading]:
+        __tracebackhide__ = True
+        session = self._session
+        if session._open_window is not None:
+            raise MeasurementError(
+                f"{self._label} was opened inside {session._open_window}: measured windows "
+                f"cannot nest. Close the first window before opening the next one."
+            )
+        session._open_window = self._label
+        ranks = current_rank_group()
+        try:
+            if ranks is not None:
+                window = ranks.window(self._meters, self._across_ranks)
+                readings = window.__enter__()
+                self._ranks = window
+                return readings
+            for meter in self._meters:
+                meter.start()
+                self._started.append(meter)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self._readings
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._session._open_window = None
+        if self._ranks is not None:
+            self._ranks.__exit__(*exc_info)
+            return
+        self._readings.close([(meter, meter.stop_pending()) for meter in reversed(self._started)])
 
 
 class EnergySession:
@@ -56,44 +117,15 @@ class EnergySession:
     def meters(self) -> list[Meter]:
         return self.selection.meters
 
-    @contextlib.contextmanager
     def window(
         self, label: str, meters: Sequence[Meter] | None = None, across_ranks: bool = True
-    ) -> Iterator[dict[str, Reading]]:
-        """Measure the body with ``meters`` (default: all); the dict fills with readings on exit.
+    ) -> MeasuredWindow:
+        """Measure the body with ``meters`` (default: all); the readings fill in on exit.
 
         Under torch.distributed with 2+ ranks, ``across_ranks`` windows are summed over the ranks
         (see ``pytest_energy.distributed``); other windows give this rank's own figure.
         """
-        __tracebackhide__ = True
-        if self._open_window is not None:
-            raise MeasurementError(
-                f"{label} was opened inside {self._open_window}: measured windows cannot nest. "
-                f"Close the first window before opening the next one."
-            )
-        ranks = current_rank_group()
-        if ranks is not None:
-            self._open_window = label
-            try:
-                chosen = meters if meters is not None else self.meters
-                with ranks.window(chosen, across_ranks) as readings:
-                    yield readings
-            finally:
-                self._open_window = None
-            return
-        self._open_window = label
-        readings: dict[str, Reading] = {}
-        started: list[Meter] = []
-        try:
-            for meter in meters if meters is not None else self.meters:
-                meter.start()
-                started.append(meter)
-            yield readings
-        finally:
-            self._open_window = None
-            for meter in reversed(started):
-                readings[meter.name] = meter.stop()
-            remove_bookkeeping(started, readings)  # counting's own CPU time is nobody's TEC
+        return MeasuredWindow(self, label, self.meters if meters is None else meters, across_ranks)
 
     @contextlib.contextmanager
     def measure(self, name: str) -> Iterator[Charge]:

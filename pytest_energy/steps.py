@@ -39,29 +39,41 @@ class StepRecorder:
     """Marks of one open phase: per meter, joules and time at each ``progress`` call."""
 
     def __init__(self, meters: Sequence[Any], clock: Any = time.perf_counter) -> None:
-        self._meters = peekable(meters)
+        self._all_meters = meters
+        self._meters: list[Any] | None = None  # the peekable ones, found at the first mark
         self._clock = clock
         self._started = clock()
         self._marks: list[tuple[Any, float, dict[str, float]]] = []
 
     @property
     def active(self) -> bool:
-        return bool(self._meters)
+        return bool(self._peekable())
+
+    def _peekable(self) -> list[Any]:
+        if self._meters is None:
+            self._meters = peekable(self._all_meters)
+        return self._meters
 
     def mark(self, epoch: Any) -> None:
         """Close a step at this moment, belonging to ``epoch`` (None: no epoch given)."""
-        if not self._meters:
+        meters = self._peekable()
+        if not meters:
             return
         joules: dict[str, float] = {}
-        for meter in self._meters:
+        for meter in meters:
             try:
                 joules[meter.name] = float(meter.peek().joules)
             except Exception:  # a failed peek must never break the user's training loop
                 continue
         self._marks.append((epoch, self._clock() - self._started, joules))
 
-    def annotate(self, readings: Mapping[str, Reading]) -> dict[str, Reading]:
-        """The phase's readings, each meter that was marked with ``details["steps"]`` added."""
+    def annotate(self, readings: Mapping[str, Reading]) -> Mapping[str, Reading]:
+        """The phase's readings, each meter that was marked with ``details["steps"]`` added.
+
+        Unmarked (no ``progress()`` call), ``readings`` come back as they are, still unbuilt.
+        """
+        if not self._marks:
+            return readings
         annotated = dict(readings)
         for name, reading in readings.items():
             steps = self.steps_of(name, reading)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -120,6 +120,50 @@ def remove_bookkeeping(meters: Sequence[Meter], readings: MutableMapping[str, Re
                 readings[other.name] = other.without_bookkeeping(readings[other.name], spent)
 
 
+PendingReading = Callable[[], Reading]
+"""A closed window's reading, built on call (``Meter.stop_pending``)."""
+
+
+class WindowReadings(Mapping[str, Reading]):
+    """One window's readings by meter name, built when first looked at.
+
+    Empty while the window is open; ``close`` hands over each meter's pending reading. On the
+    first look every reading is built and each meter's bookkeeping taken out of the others
+    (``remove_bookkeeping``), once.
+    """
+
+    __slots__ = ("_pending", "_readings")
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Meter, PendingReading]] | None = None
+        self._readings: dict[str, Reading] | None = None
+
+    def close(self, pending: list[tuple[Meter, PendingReading]]) -> None:
+        """The window closed: ``pending`` are (meter, pending reading), in stopping order."""
+        self._pending = pending
+
+    def _built(self) -> dict[str, Reading]:
+        if self._readings is None:
+            if self._pending is None:
+                return {}
+            readings = {meter.name: build() for meter, build in self._pending}
+            remove_bookkeeping([meter for meter, _ in self._pending], readings)
+            self._readings, self._pending = readings, None
+        return self._readings
+
+    def __getitem__(self, name: str) -> Reading:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __repr__(self) -> str:
+        return f"WindowReadings({self._built()!r})"
+
+
 def check_reading(reading: Reading) -> None:
     """Refuse a figure no hardware can produce: negative, infinite or NaN joules or seconds.
 
@@ -183,6 +227,16 @@ class Meter(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> Reading:
         """Close the window opened by ``start()`` and return its reading."""
+
+    def stop_pending(self) -> PendingReading:
+        """Close the window now and build its reading when it is first asked for.
+
+        The window's edge is read here; a meter whose reading takes work to build (details,
+        pricing a tally) defers that work, so the window a user opens costs the edges alone.
+        The default builds the reading at once: errors then surface where the window closes.
+        """
+        reading = self.stop()
+        return lambda: reading
 
     def bookkeeping(self, reading: Reading) -> Bookkeeping | None:
         """CPU time this meter spent on its own work inside the window of ``reading``.

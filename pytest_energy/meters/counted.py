@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pytest_energy.errors import ConfigError, MeasurementError, MeterError
-from pytest_energy.meters.base import Bookkeeping, Meter, Reading
+from pytest_energy.meters.base import Bookkeeping, Meter, PendingReading, Reading
 
 ENERGY_TABLE_SOURCE = "Horowitz ISSCC 2014, 45 nm"
 
@@ -1165,6 +1165,10 @@ class CountedMeter(Meter):
 
     def stop(self) -> Reading:
         """Close the window and price what it counted."""
+        return self.stop_pending()()
+
+    def stop_pending(self) -> PendingReading:
+        """Close the window now; what it counted is priced when the reading is asked for."""
         stopped_seconds = time.perf_counter()
         if self._window_thread is None:
             raise MeasurementError("counted meter: stop() called without start()")
@@ -1182,7 +1186,7 @@ class CountedMeter(Meter):
         self._window_thread = None
         tally = self._mode.tally
         self._mode.packed_weights.clear()
-        return self._reading(tally, stopped_seconds - self._started_seconds)
+        return functools.partial(self._reading, tally, stopped_seconds - self._started_seconds)
 
     def _end_tracking(self) -> None:
         if self._tracker is not None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_energy.errors import ConfigError
-from pytest_energy.meters.base import Bookkeeping, Meter, Reading
+from pytest_energy.meters.base import Bookkeeping, Meter, PendingReading, Reading
 
 DEFAULT_WATTS_PER_THREAD = 4.0
 """codecarbon's own fallback (``DEFAULT_POWER_PER_CORE``) when a CPU is not in its table."""
@@ -368,12 +368,38 @@ class CpuTimeMeter(Meter):
         self._start_cpu_seconds = time.process_time()
 
     def stop(self) -> Reading:
-        return self.peek()
+        return self.stop_pending()()
+
+    def stop_pending(self) -> PendingReading:
+        """Read the clocks now; the reading is built when it is first asked for."""
+        cpu_seconds = time.process_time() - self._start_cpu_seconds
+        wall_seconds = time.perf_counter() - self._start_wall_seconds
+        if self.children is None or self.children.source is None:
+            return functools.partial(self._reading, cpu_seconds, wall_seconds)
+        return functools.partial(
+            self._reading,
+            cpu_seconds,
+            wall_seconds,
+            self._start_children,
+            self._start_waited_seconds,
+            self.children.snapshot(),
+            waited_children_cpu_seconds(),
+        )
 
     def peek(self) -> Reading:
         """The open window so far, leaving it open (for progress lines during training)."""
-        cpu_seconds = time.process_time() - self._start_cpu_seconds
-        wall_seconds = time.perf_counter() - self._start_wall_seconds
+        return self.stop_pending()()
+
+    def _reading(
+        self,
+        cpu_seconds: float,
+        wall_seconds: float,
+        children_at_start: dict[ProcessKey, float] | None = None,
+        waited_at_start: float = 0.0,
+        children_at_stop: dict[ProcessKey, float] | None = None,
+        waited_at_stop: float = 0.0,
+    ) -> Reading:
+        """The window's reading from its clocks (and its children's, when they are counted)."""
         watts = self.wattage.watts_per_thread
         joules_by_domain = {"process": cpu_seconds * watts}
         details: dict[str, Any] = {**self._details, "cpu_seconds": cpu_seconds}
@@ -382,14 +408,9 @@ class CpuTimeMeter(Meter):
         elif self.children.source is None:
             details["children"] = "not counted (no /proc and psutil is not installed)"
         else:
-            at_stop = self.children.snapshot()
-            child_seconds = children_cpu_seconds(
-                self._start_children,
-                self._start_waited_seconds,
-                at_stop,
-                waited_children_cpu_seconds(),
-            )
-            seen = set(self._start_children) | set(at_stop)
+            at_start, at_stop = children_at_start or {}, children_at_stop or {}
+            child_seconds = children_cpu_seconds(at_start, waited_at_start, at_stop, waited_at_stop)
+            seen = set(at_start) | set(at_stop)
             details["children"] = {
                 "cpu_seconds": child_seconds,
                 "processes_at_edges": len(seen),
