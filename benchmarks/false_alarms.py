@@ -21,6 +21,12 @@ From that stream the gate's own rules (``pytest_energy.gate.compare``) judge:
   of pairs (independent); with fewer than ``--min-ab-runs`` of them, a second row judges sliding
   windows of pairs too (overlapping, so not independent: the row says so).
 
+- **A/B interleaved against one after another** (``--interleave``): pairs of sessions run two
+  at a time, taking turns window by window as ``pytest-energy ab --interleave`` runs them, and
+  pairs run one after the other, alternately (``--sessions`` each way), so both ways see the
+  same stretch of the machine's day; each pair is one A/B pair (sides drawn at random), judged
+  as above, one row per way. No history rows. Pass ``--interleave`` again with ``--replay``.
+
 ``--json`` keeps each session's records besides the verdicts, and ``--replay PATH`` judges a
 saved stream again with the current rules, without running a session. It prints per thread
 setting and mode: false alarms out of the A/A runs, the share of +10 % and
@@ -50,6 +56,7 @@ from tabulate import tabulate
 from pytest_energy.gate.compare import Provenance, Recorded, compare_meter
 from pytest_energy.gate.profiles import make_profile
 from pytest_energy.gate.sessions import session_item
+from pytest_energy.gate.turns import TURNS_VARIABLE, done_marker
 
 SCALES = ("1.00", "1.10", "1.25")
 WORKLOAD = textwrap.dedent(
@@ -91,58 +98,133 @@ WORKLOAD = textwrap.dedent(
 )
 
 
-def run_stream(threads: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``args.sessions`` fresh pytest sessions of the workload; their results documents."""
-    documents = []
+def _command(directory: Path, results: Path, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(directory),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(directory),
+        "--energy",
+        "--energy-meter",
+        args.meter,
+        "--energy-rounds",
+        str(args.rounds),
+        "--energy-baselines",
+        str(directory / "none"),
+        f"--energy-json={results}",
+    ]
+
+
+def _interleaved_pair(
+    directory: Path, environment: Mapping[str, str], args: argparse.Namespace, index: int
+) -> list[dict[str, Any]]:
+    """Two sessions at once taking turns window by window, as ``ab --interleave`` runs them."""
+    turn_file = directory / f"turns-{index}"
+    turn_file.write_text("0")
+    processes, paths = [], []
+    for role in (0, 1):
+        paths.append(directory / f"results-{role}.json")
+        side_environment = {**environment, TURNS_VARIABLE: f"{turn_file}:{role}"}
+        processes.append(
+            subprocess.Popen(
+                _command(directory, paths[-1], args),
+                cwd=directory,
+                env=side_environment,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    running = dict(enumerate(processes))
+    while running:
+        for role, process in list(running.items()):
+            if process.poll() is not None:
+                done_marker(turn_file, role).touch()
+                del running[role]
+        time.sleep(0.05)
+    if any(process.returncode != 0 for process in processes):
+        raise SystemExit(f"an interleaved session failed: {[p.returncode for p in processes]}")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def _workload(directory: Path, threads: str, args: argparse.Namespace) -> dict[str, str]:
+    """Write the workload into ``directory``; the sessions' environment."""
+    (directory / "test_cnn.py").write_text(
+        WORKLOAD.format(scales=repr(list(SCALES)), steps=args.steps)
+    )
     environment = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     if threads != "default":
         environment["OMP_NUM_THREADS"] = threads
     if args.omp_wait_policy:
         environment["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    return environment
+
+
+def _session(
+    directory: Path, environment: Mapping[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    results = directory / "results.json"
+    completed = subprocess.run(
+        _command(directory, results, args),
+        cwd=directory,
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(f"session failed ({completed.returncode}):\n{completed.stdout}")
+    return json.loads(results.read_text())
+
+
+def run_stream(threads: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``args.sessions`` fresh pytest sessions of the workload; their results documents."""
+    documents = []
     with tempfile.TemporaryDirectory(prefix="energy-false-alarms-") as name:
         directory = Path(name)
-        (directory / "test_cnn.py").write_text(
-            WORKLOAD.format(scales=repr(list(SCALES)), steps=args.steps)
-        )
+        environment = _workload(directory, threads, args)
         for index in range(args.sessions):
-            results = directory / "results.json"
             started = time.monotonic()
-            completed = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest",
-                    str(directory),
-                    "-q",
-                    "-p",
-                    "no:cacheprovider",
-                    "--rootdir",
-                    str(directory),
-                    "--energy",
-                    "--energy-meter",
-                    args.meter,
-                    "--energy-rounds",
-                    str(args.rounds),
-                    "--energy-baselines",
-                    str(directory / "none"),
-                    "--energy-json",
-                    str(results),
-                ],
-                cwd=directory,
-                env=environment,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if completed.returncode != 0:
-                raise SystemExit(f"session failed ({completed.returncode}):\n{completed.stdout}")
-            documents.append(json.loads(results.read_text()))
+            documents.append(_session(directory, environment, args))
             print(
                 f"  threads {threads}: session {index + 1}/{args.sessions} "
                 f"({time.monotonic() - started:.1f} s)",
                 flush=True,
             )
     return documents
+
+
+def run_side_by_side(threads: str, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """``--interleave``: pairs run interleaved and pairs run one after another, alternately.
+
+    ``args.sessions`` sessions each way; which way goes first alternates from pair to pair, so
+    both see the same stretch of the machine's day. Consecutive documents are one pair.
+    """
+    streams: dict[str, list[dict[str, Any]]] = {
+        f"{threads}, interleaved": [],
+        f"{threads}, one after another": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="energy-false-alarms-") as name:
+        directory = Path(name)
+        environment = _workload(directory, threads, args)
+        for index in range(0, args.sessions, 2):
+            started = time.monotonic()
+            ways = list(streams)
+            for way in ways if index % 4 == 0 else ways[::-1]:
+                if way.endswith("interleaved"):
+                    streams[way].extend(_interleaved_pair(directory, environment, args, index))
+                else:
+                    streams[way].extend(_session(directory, environment, args) for _ in range(2))
+            print(
+                f"  threads {threads}: pair {index // 2 + 1}/{(args.sessions + 1) // 2} each way "
+                f"({time.monotonic() - started:.1f} s)",
+                flush=True,
+            )
+    return streams
 
 
 def _kept(document: Mapping[str, Any], meter: str) -> dict[str, Any]:
@@ -313,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         help="set OMP_WAIT_POLICY in the sessions (default: leave the environment's)",
     )
     parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run the sessions two at a time, taking turns window by window (pytest-energy ab "
+        "--interleave); only A/B runs are judged, on those pairs",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="also write every verdict and each session's records"
     )
     parser.add_argument(
@@ -323,16 +411,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     streams = _replayed(Path(args.replay)) if args.replay else None
     rows, everything, saved, sessions, torch = [], {}, {}, 0, "?"
-    for threads in streams or [part.strip() for part in args.threads.split(",") if part.strip()]:
-        documents = streams[threads] if streams else run_stream(threads, args)
+    settings = [part.strip() for part in args.threads.split(",") if part.strip()]
+    if streams is None:
+        streams = {}
+        for threads in settings:
+            if args.interleave:
+                streams.update(run_side_by_side(threads, args))
+            else:
+                streams[threads] = run_stream(threads, args)
+    for threads, documents in streams.items():
         saved[threads] = [_kept(document, args.meter) for document in documents]
         sessions = len(documents)
         torch = documents[0]["machine"]["versions"].get("torch") or "?"
-        modes = {"history": history_runs(documents, args)}
-        if args.head_sessions > 1:
-            modes[f"history, {args.head_sessions} sessions"] = history_runs(
-                documents, args, args.head_sessions
-            )
+        modes = {}
+        if not args.interleave:
+            modes["history"] = history_runs(documents, args)
+            if args.head_sessions > 1:
+                modes[f"history, {args.head_sessions} sessions"] = history_runs(
+                    documents, args, args.head_sessions
+                )
         modes.update(ab_runs(documents, args))
         for mode, result in modes.items():
             everything[f"{threads}/{mode}"] = result

@@ -31,6 +31,7 @@ from pytest_energy.files import write_json_atomic
 from pytest_energy.fixture import EnergyFixture, spinning_threads_note
 from pytest_energy.gate.plugin import RegressionGate
 from pytest_energy.gate.plugin import add_options as add_gate_options
+from pytest_energy.gate.turns import TurnTakingPlugin, turns_from_environment
 from pytest_energy.machine import machine_info
 from pytest_energy.metadata import dirty_save_warning, run_metadata
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
@@ -253,6 +254,7 @@ def pytest_configure(config: pytest.Config) -> None:
         report_writer = ReportWriter(config, config.stash[SESSION_KEY])
         config.stash[GATE_KEY] = RegressionGate.from_config(config, config.stash[SESSION_KEY])
         shared_meters_kept = check_shared_meters(config, config.stash[SESSION_KEY].meters)
+        turns = turns_from_environment()  # pytest-energy ab --interleave
     except (EnergyError, ValueError) as error:
         raise pytest.UsageError(name_ini_source(config, str(error))) from None
     if shared_meters_kept:
@@ -263,6 +265,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.pluginmanager.register(report_writer, "energy-report")
     config.pluginmanager.register(config.stash[GATE_KEY], "energy-gate")
+    if turns is not None:
+        config.stash[SESSION_KEY].turns = turns
+        config.pluginmanager.register(TurnTakingPlugin(turns), "energy-turns")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from pytest_energy.config import LifecycleSettings
 from pytest_energy.distributed import current_rank_group
 from pytest_energy.errors import MeasurementError
+from pytest_energy.gate.turns import TurnTaking
 from pytest_energy.meters import MeterOptions, MeterSelection
 from pytest_energy.meters.base import Meter, Reading, WindowReadings
 
@@ -82,11 +83,14 @@ class MeasuredWindow:
         return self._readings
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._session._open_window = None
+        session = self._session
+        session._open_window = None
         if self._ranks is not None:
             self._ranks.__exit__(*exc_info)
             return
         self._readings.close([(meter, meter.stop_pending()) for meter in reversed(self._started)])
+        if session.turns is not None:
+            session.turns.exchange()
 
 
 class EnergySession:
@@ -112,6 +116,8 @@ class EnergySession:
         """``--energy-round-seconds``: every timed round's length (None: each meter's own)."""
         self.results: dict[str, dict[str, Any]] = {}
         self._open_window: str | None = None
+        self.turns: TurnTaking | None = None
+        """Set under ``pytest-energy ab --interleave``: each window's end hands the turn over."""
 
     @property
     def meters(self) -> list[Meter]:

@@ -79,6 +79,22 @@ def test_ab_catches_a_regression_and_writes_the_reports(repository, capsys):
     assert git(repository, "worktree", "list").count("\n") == 0  # only the main checkout
 
 
+def test_interleaved_pairs_take_turns_and_catch_the_regression(repository, capsys):
+    status = main(["ab", "small", *AB, "--interleave", "--json", "ab.json", *PYTEST])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert "pair 1/3:" in out and "taking turns" in out
+    assert "gate counted (A/B, 3 pairs, interleaved): 1 regressed" in out
+    results = json.loads((repository / "ab.json").read_text())
+    assert results["ab"]["interleaved"] is True
+    assert git(repository, "worktree", "list").count("\n") == 0
+
+
+def test_interleaving_refuses_xdist_workers(repository, capsys):
+    assert main(["ab", "small", *AB, "--interleave", *PYTEST, "-n", "2"]) == 2
+    assert "drop pytest-xdist's -n" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

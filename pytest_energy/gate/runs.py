@@ -15,7 +15,9 @@ both commands run whole sessions, each a new ``python -m pytest`` process:
   interleaved trials, Abedi & Brecht 2017). Each test, meter and quantity is judged on the N
   paired sessions (``rules.judge_paired``); the output is a baseline run's: terminal summary,
   ``--json`` results with the comparison, ``--markdown``; exit 1 on a regression, 2 on bad
-  input. The worktrees are removed whatever happens, Ctrl-C included.
+  input. The worktrees are removed whatever happens, Ctrl-C included. ``--interleave`` starts
+  both sessions of a pair at once and lets them take turns test by test (``turns``), so the
+  two runs of a test are seconds apart and share the machine's drift.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +58,7 @@ from pytest_energy.gate.store import (
     refuse_overwriting_inputs,
     validate_results,
 )
+from pytest_energy.gate.turns import TURNS_VARIABLE, done_marker
 from pytest_energy.report.terminal import summary_lines
 
 DEFAULT_PAIRS = 5
@@ -111,6 +115,13 @@ def add_run_commands(commands: Any) -> None:
         help=f"pairs of sessions (default {DEFAULT_PAIRS}, at least {MIN_SESSIONS})",
     )
     ab.add_argument("--seed", metavar="S", default=None, help="seed of the order within pairs")
+    ab.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run both sessions of a pair at once, taking turns test by test: each test's two "
+        "runs are seconds apart and share the machine's drift (one test runs at a time; not "
+        "with pytest-xdist's -n)",
+    )
     _add_judging_options(ab)
     ab.set_defaults(handler=command_ab)
 
@@ -189,15 +200,16 @@ class Session:
     results: Path
 
 
-def run_session(
-    directory: Path, pytest_args: Sequence[str], results: Path, extra: Sequence[str] = ()
-) -> Session:
-    """``python -m pytest PYTEST_ARGS --energy --energy-json RESULTS`` in ``directory``.
+def _session_command(
+    directory: Path, pytest_args: Sequence[str], results: Path, extra: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one session of ``directory``'s tests.
 
     The directory's own code comes first on ``sys.path`` (and ``src/`` when there is one), so
     a worktree's package is the one imported, not an editable install of the main checkout.
     """
     environment = dict(os.environ)
+    environment.pop(TURNS_VARIABLE, None)
     paths = [str(directory)] + ([str(directory / "src")] if (directory / "src").is_dir() else [])
     if environment.get("PYTHONPATH"):
         paths.append(environment["PYTHONPATH"])
@@ -216,10 +228,74 @@ def run_session(
         f"--energy-json={results}",
         *extra,
     ]
+    return command, environment
+
+
+def run_session(
+    directory: Path, pytest_args: Sequence[str], results: Path, extra: Sequence[str] = ()
+) -> Session:
+    """``python -m pytest PYTEST_ARGS --energy --energy-json RESULTS`` in ``directory``."""
+    command, environment = _session_command(directory, pytest_args, results, extra)
     completed = subprocess.run(
         command, cwd=directory, env=environment, capture_output=True, text=True, check=False
     )
     return Session(completed.returncode, completed.stdout + completed.stderr, results)
+
+
+def run_interleaved_pair(
+    sides: Sequence[tuple[Path, Path]],
+    pytest_args: Sequence[str],
+    scratch: Path,
+    extra: Sequence[str] = (),
+) -> list[Session]:
+    """Two sessions at once, taking turns test by test (``turns``); ``sides[0]`` goes first.
+
+    ``sides``: (directory, results file) of each side. Output goes to files, not pipes, so a
+    side never blocks on a full pipe while the other runs. A side that ends (or dies) frees the
+    other to run the rest of its tests alone; on any error or Ctrl-C both are stopped.
+    """
+    turn_file = Path(tempfile.mkdtemp(prefix="turns-", dir=scratch), "turns")
+    turn_file.write_text("0")
+    processes, logs = [], []
+    try:
+        for role, (directory, results) in enumerate(sides):
+            command, environment = _session_command(directory, pytest_args, results, extra)
+            environment[TURNS_VARIABLE] = f"{turn_file}:{role}"
+            log = open(turn_file.with_name(f"side-{role}.log"), "w+")  # noqa: SIM115
+            logs.append(log)
+            processes.append(
+                subprocess.Popen(
+                    command, cwd=directory, env=environment, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        running = dict(enumerate(processes))
+        while running:
+            for role, process in list(running.items()):
+                if process.poll() is not None:
+                    done_marker(turn_file, role).touch()
+                    del running[role]
+            time.sleep(0.05)
+        sessions = []
+        for log, process, (_, results) in zip(logs, processes, sides, strict=True):
+            log.seek(0)
+            sessions.append(Session(process.returncode, log.read(), results))
+        return sessions
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def _uses_xdist(pytest_args: Sequence[str]) -> bool:
+    """Whether the pytest arguments ask pytest-xdist for workers (``-n 2``, ``-n2``, ``-nauto``)."""
+    return any(
+        argument == "-n" or argument.startswith(("-n", "--numprocesses", "--dist"))
+        for argument in pytest_args
+        if not argument.startswith("--no")
+    )
 
 
 def _failed_tests(output: str) -> list[str]:
@@ -381,6 +457,7 @@ def judge_pairs(
     gate: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     tolerance: Any = None,
+    interleaved: bool = False,
 ) -> ComparisonReport:
     """Compare HEAD's results documents with BASE's, pair by pair (pure data, no I/O)."""
     pairs = len(head)
@@ -392,7 +469,7 @@ def judge_pairs(
         alpha=alpha,
         tolerance=tolerance,
         paired=True,
-        provenance=f"A/B, {pairs} pairs",
+        provenance=f"A/B, {pairs} pairs" + (", interleaved" if interleaved else ""),
     )
 
 
@@ -417,6 +494,11 @@ def command_ab(args: argparse.Namespace) -> int:
     else:
         head = _commit(repository, args.head)
         head_name = args.head
+    if args.interleave and _uses_xdist(pytest_args):
+        raise RunError(
+            "--interleave runs one test at a time on each side, taking turns: drop pytest-xdist's "
+            "-n / --numprocesses from the pytest arguments"
+        )
     labels = {"base": f"BASE {args.base} ({base[:12]})", "head": f"HEAD {head_name} ({head[:12]})"}
     seed = args.seed if args.seed is not None else f"{base}{head}"
     order = random.Random(seed)
@@ -426,19 +508,22 @@ def command_ab(args: argparse.Namespace) -> int:
             worktrees(repository, {"base": base, "head": head}) as trees,
             tempfile.TemporaryDirectory(prefix="pytest-energy-ab-results-") as scratch,
         ):
-            empty = Path(scratch, "no-baselines")
+            extra = [f"--energy-baselines={Path(scratch, 'no-baselines')}"]
             for pair in range(1, pairs + 1):
                 sides = ["base", "head"]
                 order.shuffle(sides)
-                print(f"pair {pair}/{pairs}: {sides[0]} then {sides[1]}", flush=True)
-                for side in sides:
-                    results = Path(scratch, f"{side}-{pair}.json")
-                    session = run_session(
-                        trees[side] / relative,
-                        pytest_args,
-                        results,
-                        [f"--energy-baselines={empty}"],
-                    )
+                how = "taking turns" if args.interleave else "then"
+                print(f"pair {pair}/{pairs}: {sides[0]} {how} {sides[1]}", flush=True)
+                places = [
+                    (trees[side] / relative, Path(scratch, f"{side}-{pair}.json")) for side in sides
+                ]
+                if args.interleave:
+                    sessions = run_interleaved_pair(places, pytest_args, Path(scratch), extra)
+                else:
+                    sessions = [
+                        run_session(where, pytest_args, results, extra) for where, results in places
+                    ]
+                for side, session in zip(sides, sessions, strict=True):
                     documents[side].append(_check_session(session, labels[side]))
     except KeyboardInterrupt:
         print("pytest-energy ab: interrupted; worktrees removed, nothing written", file=sys.stderr)
@@ -451,6 +536,7 @@ def command_ab(args: argparse.Namespace) -> int:
         gate=args.gate,
         alpha=alpha,
         tolerance=tolerance,
+        interleaved=args.interleave,
     )
     for line in summary_lines(report, args.fail_on_improvement):
         print(line)
@@ -462,6 +548,7 @@ def command_ab(args: argparse.Namespace) -> int:
             "head": {"revision": head_name, "commit": head},
             "pairs": pairs,
             "seed": str(seed),
+            "interleaved": bool(args.interleave),
         },
     }
     _write(results, report, args)
