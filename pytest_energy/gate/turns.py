@@ -31,7 +31,7 @@ POLL_SECONDS = 0.005
 
 
 def done_marker(turn_file: Path, role: int) -> Path:
-    """The file whose presence says side ``role`` runs no more tests."""
+    """The file whose presence says side ``role`` takes no more turns."""
     return turn_file.with_name(f"{turn_file.name}.done{role}")
 
 
