@@ -56,7 +56,7 @@ from tabulate import tabulate
 from pytest_energy.gate.compare import Provenance, Recorded, compare_meter
 from pytest_energy.gate.profiles import make_profile
 from pytest_energy.gate.sessions import session_item
-from pytest_energy.gate.turns import TURNS_VARIABLE, done_marker
+from pytest_energy.gate.turns import TURNS_VARIABLE, wait_for_sides
 
 SCALES = ("1.00", "1.10", "1.25")
 WORKLOAD = textwrap.dedent(
@@ -139,13 +139,7 @@ def _interleaved_pair(
                 stderr=subprocess.DEVNULL,
             )
         )
-    running = dict(enumerate(processes))
-    while running:
-        for role, process in list(running.items()):
-            if process.poll() is not None:
-                done_marker(turn_file, role).touch()
-                del running[role]
-        time.sleep(0.05)
+    wait_for_sides(processes, turn_file)
     if any(process.returncode != 0 for process in processes):
         raise SystemExit(f"an interleaved session failed: {[p.returncode for p in processes]}")
     return [json.loads(path.read_text()) for path in paths]

@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from pytest_energy.gate.store import (
     refuse_overwriting_inputs,
     validate_results,
 )
-from pytest_energy.gate.turns import TURNS_VARIABLE, done_marker
+from pytest_energy.gate.turns import TURNS_VARIABLE, wait_for_sides
 from pytest_energy.report.terminal import summary_lines
 
 DEFAULT_PAIRS = 5
@@ -248,7 +247,7 @@ def run_interleaved_pair(
     scratch: Path,
     extra: Sequence[str] = (),
 ) -> list[Session]:
-    """Two sessions at once, taking turns test by test (``turns``); ``sides[0]`` goes first.
+    """Two sessions at once, taking turns window by window (``turns``); ``sides[0]`` goes first.
 
     ``sides``: (directory, results file) of each side. Output goes to files, not pipes, so a
     side never blocks on a full pipe while the other runs. A side that ends (or dies) frees the
@@ -268,13 +267,7 @@ def run_interleaved_pair(
                     command, cwd=directory, env=environment, stdout=log, stderr=subprocess.STDOUT
                 )
             )
-        running = dict(enumerate(processes))
-        while running:
-            for role, process in list(running.items()):
-                if process.poll() is not None:
-                    done_marker(turn_file, role).touch()
-                    del running[role]
-            time.sleep(0.05)
+        wait_for_sides(processes, turn_file)
         sessions = []
         for log, process, (_, results) in zip(logs, processes, sides, strict=True):
             log.seek(0)

@@ -20,7 +20,9 @@ time, so neither needs pinning or fewer threads.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,18 @@ POLL_SECONDS = 0.005
 def done_marker(turn_file: Path, role: int) -> Path:
     """The file whose presence says side ``role`` takes no more turns."""
     return turn_file.with_name(f"{turn_file.name}.done{role}")
+
+
+def wait_for_sides(processes: Sequence[subprocess.Popen], turn_file: Path) -> None:
+    """Wait for both sides of a pair (role = index); mark each done as it ends, so a side that
+    ended, or died, never leaves the other waiting for its turn."""
+    running = dict(enumerate(processes))
+    while running:
+        for role, process in list(running.items()):
+            if process.poll() is not None:
+                done_marker(turn_file, role).touch()
+                del running[role]
+        time.sleep(0.05)
 
 
 def parse_turns(value: str) -> tuple[Path, int]:
