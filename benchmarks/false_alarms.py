@@ -56,7 +56,7 @@ from tabulate import tabulate
 from pytest_energy.gate.compare import Provenance, Recorded, compare_meter
 from pytest_energy.gate.profiles import make_profile
 from pytest_energy.gate.sessions import session_item
-from pytest_energy.gate.turns import TURNS_VARIABLE, wait_for_sides
+from pytest_energy.turns import TURNS_VARIABLE, wait_for_sides
 
 SCALES = ("1.00", "1.10", "1.25")
 WORKLOAD = textwrap.dedent(

@@ -18,7 +18,7 @@ from pytest_energy.latency import latency_summary
 from pytest_energy.meters.base import capabilities
 from pytest_energy.progress import PhaseProgress
 from pytest_energy.results import InferenceRecord, PhaseRecord, Settling, lifecycle_result
-from pytest_energy.session import Charge, EnergySession
+from pytest_energy.session import Charge, EnergySession, refuse_nesting
 from pytest_energy.steps import StepRecorder
 
 GPU_METERS = frozenset({"nvml"})
@@ -99,11 +99,7 @@ class EnergyFixture:
     def _open(self, label: str) -> None:
         """Refuse nested windows with or without ``--energy``: misuse fails the same either way."""
         __tracebackhide__ = True
-        if self._open_window is not None:
-            raise MeasurementError(
-                f"{label} was opened inside {self._open_window}: measured windows cannot nest. "
-                f"Close the first window before opening the next one."
-            )
+        refuse_nesting(label, self._open_window)
         self._open_window = label
 
     @contextlib.contextmanager

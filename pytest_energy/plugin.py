@@ -31,7 +31,6 @@ from pytest_energy.files import write_json_atomic
 from pytest_energy.fixture import EnergyFixture, spinning_threads_note
 from pytest_energy.gate.plugin import RegressionGate
 from pytest_energy.gate.plugin import add_options as add_gate_options
-from pytest_energy.gate.turns import TurnTakingPlugin, turns_from_environment
 from pytest_energy.machine import machine_info
 from pytest_energy.metadata import dirty_save_warning, run_metadata
 from pytest_energy.meters import MeterOptions, parse_meter_spec, select_meters
@@ -41,6 +40,7 @@ from pytest_energy.report.outputs import add_options as add_report_options
 from pytest_energy.report.terminal import summary_table
 from pytest_energy.results import results_document
 from pytest_energy.session import EnergySession
+from pytest_energy.turns import TurnTakingPlugin, turns_from_environment
 from pytest_energy.validation import (
     check_output_options,
     check_rootdir_not_moved,

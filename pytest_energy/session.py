@@ -10,9 +10,9 @@ from typing import Any
 from pytest_energy.config import LifecycleSettings
 from pytest_energy.distributed import current_rank_group
 from pytest_energy.errors import MeasurementError
-from pytest_energy.gate.turns import TurnTaking
 from pytest_energy.meters import MeterOptions, MeterSelection
 from pytest_energy.meters.base import Meter, Reading, WindowReadings
+from pytest_energy.turns import TurnTaking
 
 
 @dataclass
@@ -27,6 +27,16 @@ class Charge:
     name: str
     readings: dict[str, Reading] = field(default_factory=dict)
     closed: bool = False
+
+
+def refuse_nesting(label: str, open_window: str | None) -> None:
+    """Raise when ``label`` opens while the window ``open_window`` is still open."""
+    __tracebackhide__ = True
+    if open_window is not None:
+        raise MeasurementError(
+            f"{label} was opened inside {open_window}: measured windows cannot nest. "
+            f"Close the first window before opening the next one."
+        )
 
 
 class MeasuredWindow:
@@ -61,11 +71,7 @@ class MeasuredWindow:
     def __enter__(self) -> Mapping[str, Reading]:
         __tracebackhide__ = True
         session = self._session
-        if session._open_window is not None:
-            raise MeasurementError(
-                f"{self._label} was opened inside {session._open_window}: measured windows "
-                f"cannot nest. Close the first window before opening the next one."
-            )
+        refuse_nesting(self._label, session._open_window)
         session._open_window = self._label
         ranks = current_rank_group()
         try:

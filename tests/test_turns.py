@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pytest_energy.gate.turns import TURNS_VARIABLE, TurnTaking, done_marker, parse_turns
+from pytest_energy.turns import TURNS_VARIABLE, TurnTaking, done_marker, parse_turns
 
 TESTS = """
 import os

@@ -57,8 +57,8 @@ from pytest_energy.gate.store import (
     refuse_overwriting_inputs,
     validate_results,
 )
-from pytest_energy.gate.turns import TURNS_VARIABLE, wait_for_sides
 from pytest_energy.report.terminal import summary_lines
+from pytest_energy.turns import TURNS_VARIABLE, wait_for_sides
 
 DEFAULT_PAIRS = 5
 DEFAULT_RECORD_SESSIONS = 5
