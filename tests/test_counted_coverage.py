@@ -172,6 +172,62 @@ def test_cdist_direct_path_counts_one_mac_per_pair_and_dimension_forward_and_bac
     assert backward.details["uncounted_operators"] == {}
 
 
+def test_a_bilinear_layer_counts_one_mac_per_term_forward_and_backward():
+    bilinear = nn.Bilinear(8, 9, 10)
+    x1, x2 = torch.randn(3, 8), torch.randn(3, 9)
+    forward = count(lambda: bilinear(x1, x2))
+    assert forward.details["flops_by_operator"]["aten._trilinear"] == 2 * 3 * 10 * 8 * 9
+    assert forward.details["uncounted_operators"] == {}
+    training = count(lambda: bilinear(x1, x2).sum().backward())
+    assert macs(training) >= 2 * macs(forward)
+
+
+def test_pairwise_distances_count_one_mac_per_pair_and_dimension_forward_and_backward():
+    points = torch.randn(6, 5, requires_grad=True)
+    pairs = 6 * 5 // 2
+    forward = count(lambda: torch.pdist(points))
+    assert forward.details["flops_by_operator"] == {"aten._pdist_forward": 2 * pairs * 5}
+    training = count(lambda: torch.pdist(points).sum().backward())
+    assert training.details["flops_by_operator"]["aten._pdist_backward"] == 2 * pairs * 5
+    assert training.details["uncounted_operators"] == {}
+
+
+def test_a_complex_multiply_accumulate_counts_four_real_ones():
+    real = count(lambda: torch.randn(4, 6) @ torch.randn(6, 5))
+    complex_ = count(
+        lambda: torch.randn(4, 6, dtype=torch.cfloat) @ torch.randn(6, 5, dtype=torch.cfloat)
+    )
+    assert macs(real) == 4 * 6 * 5
+    assert macs(complex_) == 4 * macs(real)
+
+
+def test_weight_only_quantized_and_grouped_gemms_count_their_products():
+    activations = torch.randn(4, 32)
+    int8_weight = torch.randint(-8, 8, (16, 32), dtype=torch.int8)
+    int8 = count(
+        lambda: torch.ops.aten._weight_int8pack_mm(activations, int8_weight, torch.rand(16))
+    )
+    assert int8.details["macs_by_precision"] == {"fp32": 4 * 16 * 32}
+    tokens = torch.randn(16, 16, dtype=torch.bfloat16)
+    experts = torch.randn(2, 16, 8, dtype=torch.bfloat16)
+    group_ends = torch.tensor([8, 16], dtype=torch.int32)
+    grouped = count(lambda: torch._grouped_mm(tokens, experts, group_ends))
+    assert grouped.details["macs_by_precision"] == {"fp16": 16 * 16 * 8}
+
+
+def test_gpu_attention_kernels_whose_names_hold_a_memory_word_have_formulas():
+    from pytest_energy.meters.counted import _is_memory_only
+
+    aten = torch.ops.aten
+    for kernel in (
+        aten._flash_attention_forward_no_dropout_inplace.default,
+        aten._scaled_dot_product_fused_attention_overrideable_backward.default,
+        aten._weight_int4pack_mm_with_scales_and_zeros.default,
+    ):
+        assert not _is_memory_only(kernel), kernel
+    assert _is_memory_only(aten.cummax.default)
+
+
 # --- low precision ----------------------------------------------------------------------------
 
 

@@ -467,9 +467,16 @@ _MEMORY_ONLY_WORDS = (
     "_neg_view",
     "_efficientzerotensor",
     "_weight_norm_interface",
+    "check_errors",
 )
 """Words of operator names that move data (or do O(1) arithmetic per element) but do no
 multiply-accumulates worth a formula: charged for their bytes only, never listed as uncounted."""
+
+_COMPUTE_WORDS = ("matmul", "attention", "dot_product", "householder")
+"""Words that mark a name as doing multiply-accumulates (as does any ``_``-separated part
+ending in ``mm``: ``bmm``, ``_int_mm``) even where it also holds a memory-only word
+(``_weight_int4pack_mm_with_scales_and_zeros``, ``_flash_attention_forward_no_dropout_inplace``):
+such an operator is counted by a formula or named as uncounted, never charged as data movement."""
 
 
 def _is_memory_only(func: Any) -> bool:
@@ -484,6 +491,12 @@ def _is_memory_only(func: Any) -> bool:
     name = func._overloadpacket.__name__
     if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
         return True
+    if (
+        name == "_trilinear"
+        or any(word in name for word in _COMPUTE_WORDS)
+        or any(part.endswith("mm") for part in name.split("_"))
+    ):
+        return False
     if name.endswith("_") and func.namespace == "aten":  # in place: as its functional twin
         functional = getattr(torch.ops.aten, name[:-1], None)
         if functional is not None and "default" in functional.overloads():
@@ -625,6 +638,68 @@ def _euclidean_dist(a: Mapping[str, Any], out: Any) -> int:
     return 2 * (gemm + norms)
 
 
+def _trilinear(a: Mapping[str, Any], out: Any) -> int:
+    """``nn.Bilinear``'s kernel: one MAC per term of the three inputs' broadcast product
+    (``batch × out × in1 × in2`` for a bilinear layer) before the sum over ``sumdim``."""
+    import torch
+
+    shapes = []
+    for tensor, expanded in (("i1", "expand1"), ("i2", "expand2"), ("i3", "expand3")):
+        shape = [int(size) for size in a[tensor].shape]
+        for dim in sorted(a[expanded]):
+            shape.insert(dim, 1)
+        shapes.append(shape)
+    return 2 * _product(torch.broadcast_shapes(*shapes))
+
+
+def _by_inner_dimension(operand: str) -> Callable[[Mapping[str, Any], Any], int]:
+    """A GEMM whose weight is packed or quantized: one MAC per output element and element of
+    ``operand``'s last (inner) dimension."""
+
+    def flops(a: Mapping[str, Any], out: Any) -> int:
+        return 2 * out.numel() * int(a[operand].shape[-1])
+
+    return flops
+
+
+def _dyn_quant_matmul_4bit(a: Mapping[str, Any], out: Any) -> int:
+    return 2 * out.numel() * int(a["in_features"])
+
+
+def _grouped_mm(a: Mapping[str, Any], out: Any) -> int:
+    """One GEMM per group; with two 2-D operands the groups split the inner dimension."""
+    first, second = a["self"], a["mat2"]
+    if first.dim() == 2 and second.dim() == 2:
+        return 2 * int(first.shape[0]) * int(first.shape[1]) * int(second.shape[1])
+    return 2 * out.numel() * int(first.shape[-1])
+
+
+def _pdist(a: Mapping[str, Any], out: Any) -> int:
+    """One MAC per pair of rows and dimension (the gradient too)."""
+    pairs = out.numel() if "grad_output" not in a else a["grad_output"].numel()
+    return 2 * pairs * int(a["self"].shape[-1])
+
+
+def _flash_forward_into(a: Mapping[str, Any], out: Any) -> int:
+    """``_flash_attention_forward`` writing into a given output: counted as that kernel."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    formula = flop_registry[torch.ops.aten._flash_attention_forward]
+    return int(
+        formula(
+            a["query"],
+            a["key"],
+            a["value"],
+            a.get("cum_seq_q"),
+            a.get("cum_seq_k"),
+            a["max_q"],
+            a["max_k"],
+            out_val=a["out"],
+        )
+    )
+
+
 def _onednn_conv(a: Mapping[str, Any], out: Any) -> int:
     from torch.utils.flop_counter import conv_flop_count
 
@@ -646,6 +721,11 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     ),
     "aten._scaled_dot_product_attention_math_for_mps": (_sdpa_forward, ("query", "key")),
     "aten._scaled_dot_product_fused_attention_overrideable": (_sdpa_forward, ("query", "key")),
+    "aten._scaled_dot_product_fused_attention_overrideable_backward": (
+        _sdpa_backward,
+        ("query", "key"),
+    ),
+    "aten._flash_attention_forward_no_dropout_inplace": (_flash_forward_into, ("query", "key")),
     "aten._native_multi_head_attention": (_native_mha, ("query", "qkv_weight")),
     "aten._transformer_encoder_layer_fwd": (_encoder_layer, ("src", "qkv_weight")),
     "aten.mkldnn_rnn_layer": (_mkldnn_rnn_layer, ("input", "weight0")),
@@ -661,6 +741,17 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten.addbmm": (_addbmm, ("batch1", "batch2")),
     "aten._addmm_activation": (_addmm_like, ("mat1", "mat2")),
     "aten._int_mm": (_int_mm, ("self", "mat2")),
+    "aten._trilinear": (_trilinear, ("i1", "i2")),
+    "aten._weight_int8pack_mm": (_by_inner_dimension("self"), ("self",)),
+    "aten._weight_int4pack_mm": (_by_inner_dimension("self"), ("self",)),
+    "aten._weight_int4pack_mm_for_cpu": (_by_inner_dimension("self"), ("self",)),
+    "aten._weight_int4pack_mm_with_scales_and_zeros": (_by_inner_dimension("self"), ("self",)),
+    "aten._mixed_dtypes_linear": (_by_inner_dimension("input"), ("input",)),
+    "aten._dyn_quant_matmul_4bit": (_dyn_quant_matmul_4bit, ("inp",)),
+    "aten._grouped_mm": (_grouped_mm, ("self", "mat2")),
+    "aten._scaled_grouped_mm": (_grouped_mm, ("self", "mat2")),
+    "aten._pdist_forward": (_pdist, ("self",)),
+    "aten._pdist_backward": (_pdist, ("self",)),
     "aten._cdist_forward": (_cdist, ("x1", "x2")),
     "aten._cdist_backward": (_cdist_backward, ("x1", "x2")),
     "aten._euclidean_dist": (_euclidean_dist, ("x1", "x2")),
@@ -679,9 +770,13 @@ _REGISTRY_PRECISION_OPERANDS: Mapping[str, tuple[int, ...]] = {
 }
 """Positions of the multiplied operands where they are not the first two tensors."""
 
+_REAL_MACS_PER_COMPLEX_MAC = 4
+"""(a + bi)(c + di): four real multiplications, counted at the real part's precision."""
+
 _PRECISION_OVERRIDES: Mapping[str, str] = {
     "onednn.linear_dynamic_fp16": "fp16",
     "onednn.linear_relu_dynamic_fp16": "fp16",
+    "aten._dyn_quant_matmul_4bit": "int8",
 }
 
 
@@ -943,6 +1038,8 @@ def _counting_mode_class() -> type:
                         f"({type(error).__name__}: {error})"
                     ) from error
                 precision = self._precision_of(plan, args, kwargs, inputs)
+                if any(tensor.is_complex() for tensor in inputs):
+                    flops *= _REAL_MACS_PER_COMPLEX_MAC
             by_dtype: dict[Any, int] = {}
             for dtype, size in sizes:
                 by_dtype[dtype] = by_dtype.get(dtype, 0) + size
