@@ -92,6 +92,47 @@ def test_transformer_encoder_layer_fused_and_training_paths_match_the_hand_formu
     assert macs(fused) == macs(training) == expected
 
 
+def encoder_macs_per_sequence(tokens: int) -> int:
+    """One encoder layer on one sequence: projections, attention, feed-forward."""
+    return (
+        4 * tokens * EMBED * EMBED + 2 * tokens * tokens * EMBED + 2 * tokens * EMBED * FEED_FORWARD
+    )
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_padded_batch_runs_the_nested_fast_path_and_counts_only_real_tokens():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(EMBED, HEADS, FEED_FORWARD, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    x = torch.randn(BATCH, TOKENS, EMBED)
+    padding = torch.zeros(BATCH, TOKENS, dtype=torch.bool)
+    padding[0, -2:] = True  # the first sequence has TOKENS - 2 real tokens
+    with torch.no_grad():
+        reading = count(lambda: encoder(x, src_key_padding_mask=padding))
+    per_layer = encoder_macs_per_sequence(TOKENS - 2) + encoder_macs_per_sequence(TOKENS)
+    assert macs(reading) == 2 * per_layer
+    assert reading.details["uncounted_operators"] == {}
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_nested_tensors_are_counted_sequence_by_sequence():
+    lengths = (3, 5)
+    linear = nn.Linear(EMBED, 4)
+    jagged = torch.nested.nested_tensor(
+        [torch.randn(n, EMBED) for n in lengths], layout=torch.jagged, requires_grad=True
+    )
+    forward = count(lambda: linear(jagged))
+    assert macs(forward) == sum(lengths) * EMBED * 4
+    training = count(lambda: linear(jagged).values().sum().backward())
+    assert macs(training) >= 2 * macs(forward)
+    assert training.details["uncounted_operators"] == {}
+    left = torch.nested.nested_tensor([torch.randn(n, EMBED) for n in lengths])
+    right = torch.nested.nested_tensor([torch.randn(EMBED, 2), torch.randn(EMBED, 4)])
+    for product in (torch.bmm, torch.matmul):
+        reading = count(lambda product=product: product(left, right))
+        assert macs(reading) == 3 * EMBED * 2 + 5 * EMBED * 4, product
+
+
 def test_scaled_dot_product_attention_forward_and_backward_on_cpu():
     query = torch.randn(BATCH, HEADS, TOKENS, 8, requires_grad=True)
     forward = count(lambda: nn.functional.scaled_dot_product_attention(query, query, query))

@@ -62,6 +62,7 @@ operators (run, not counted), and operators run on threads other than the window
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -468,6 +469,12 @@ _MEMORY_ONLY_WORDS = (
     "_efficientzerotensor",
     "_weight_norm_interface",
     "check_errors",
+    "_nested_tensor_from",
+    "_nested_from_padded",
+    "_nested_tensor_size",
+    "_nested_tensor_strides",
+    "_nested_tensor_storage_offsets",
+    "_nested_get_",
 )
 """Words of operator names that move data (or do O(1) arithmetic per element) but do no
 multiply-accumulates worth a formula: charged for their bytes only, never listed as uncounted."""
@@ -589,6 +596,16 @@ def _fused_rnn(a: Mapping[str, Any], out: Any, factor: int) -> int:
     """cuDNN/MIOpen run every layer and direction at once; each layer sees every token."""
     weights = sum(weight.numel() for weight in a["weight"] if weight.dim() == 2)
     return 2 * factor * _rnn_tokens(a["input"], a.get("batch_sizes")) * weights
+
+
+def _linear(a: Mapping[str, Any], out: Any) -> int:
+    """A linear layer on a nested input (``numel`` counts its tokens)."""
+    return 2 * out.numel() * int(a["weight"].shape[-1])
+
+
+def _matmul(a: Mapping[str, Any], out: Any) -> int:
+    """One MAC per output element and element of the inner dimension (any ranks)."""
+    return 2 * out.numel() * int(a["self"].shape[-1])
 
 
 def _mv(a: Mapping[str, Any], out: Any) -> int:
@@ -764,6 +781,13 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
 """Formulas (FLOPs, 2 per MAC) for operators ``torch.utils.flop_counter`` does not know, with
 the arguments whose dtype (and dequantize origin) sets the precision."""
 
+_NESTED_FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str, ...]]] = {
+    "aten.linear": (_linear, ("input", "weight")),
+    "aten.matmul": (_matmul, ("self", "other")),
+}
+"""Formulas for composite operators that a nested (strided) tensor runs with a kernel of its
+own instead of their dense decomposition."""
+
 _REGISTRY_PRECISION_OPERANDS: Mapping[str, tuple[int, ...]] = {
     "aten.addmm": (1, 2),
     "aten.baddbmm": (1, 2),
@@ -792,6 +816,7 @@ class _OperatorPlan:
         "memory_only",
         "moves_bytes",
         "name",
+        "nested_plan",
         "packed_family",
         "passthrough",
         "precision_operands",
@@ -809,6 +834,7 @@ class _OperatorPlan:
         custom = _FORMULAS.get(self.name)
         self.formula = custom[0] if custom else None
         self.packed_family = _packed_family(func)
+        self.nested_plan: _OperatorPlan | None = None
         counts_macs = (
             self.registry_formula is not None
             or self.formula is not None
@@ -838,6 +864,20 @@ class _OperatorPlan:
             torch.Tag.dynamic_output_shape in func.tags
             or torch.Tag.data_dependent_output in func.tags
         )
+
+    def for_nested(self) -> _OperatorPlan:
+        """This operator's plan for nested inputs: its nested formula, if any, instead of the
+        dense decomposition (worked out once)."""
+        if self.nested_plan is None:
+            plan = copy.copy(self)
+            plan.decomposable = False
+            plan.cacheable = False
+            custom = _NESTED_FORMULAS.get(self.name)
+            if custom is not None:
+                plan.formula, plan.precision_operands = custom
+                plan.memory_only = False
+            self.nested_plan = plan
+        return self.nested_plan
 
 
 def _packed_family(func: Any) -> str | None:
@@ -924,6 +964,21 @@ def _counting_mode_class() -> type:
                 yield from _tensors(value)
 
     from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    tracing_types = (FakeTensor, FunctionalTensor)
+    disabled_dispatch = torch._C._disabled_torch_dispatch_impl
+
+    def _defers_to_subclass(types: Any) -> bool:
+        """Whether a tensor subclass among the arguments (a nested jagged tensor, a quantized
+        weight wrapper) should run the operator: it then calls operators on its plain inner
+        tensors with this mode active, and those are what gets counted. Tracing subclasses
+        (fake, functional) are left to the tracing check."""
+        return any(
+            subclass.__torch_dispatch__ is not disabled_dispatch
+            and not issubclass(subclass, tracing_types)
+            for subclass in types
+        )
 
     symbolic_int = torch.SymInt
 
@@ -959,6 +1014,8 @@ def _counting_mode_class() -> type:
             self.module_path: Callable[[], str] | None = None
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if types and _defers_to_subclass(types):
+                return NotImplemented
             kwargs = kwargs or {}
             plan = getattr(func, "_pytest_energy_plan", None)  # faster than hashing func
             if plan is None:
@@ -973,26 +1030,32 @@ def _counting_mode_class() -> type:
                     _carry_mark(args[0], out)
                 return out
             if plan.decomposable:
-                with self:
-                    result = func.decompose(*args, **kwargs)
-                if result is not NotImplemented:
-                    return result
+                if any(tensor.is_nested for tensor in _tensors(args)):
+                    plan = plan.for_nested()  # its own kernel: the dense decomposition fails
+                else:
+                    with self:
+                        result = func.decompose(*args, **kwargs)
+                    if result is not NotImplemented:
+                        return result
             out = func(*args, **kwargs)
             if _traced(out):
                 return out  # torch.export / fake tracing: shapes, not work, and never specialised
             if plan.marks_quantized:
                 self._mark_dequantized(args, out)
             if plan.cacheable:
-                key: Any = (
-                    id(plan),
-                    _signature(args),
-                    _signature(kwargs.items()) if kwargs else (),
-                )
-                if self.quantized_seen and not plan.memory_only:
-                    key = (key, _marks(args, kwargs))
+                key: Any
                 try:
+                    key = (
+                        id(plan),
+                        _signature(args),
+                        _signature(kwargs.items()) if kwargs else (),
+                    )
+                    if self.quantized_seen and not plan.memory_only:
+                        key = (key, _marks(args, kwargs))
                     entry = entries.get(key)
-                except TypeError:  # an argument that cannot be hashed: count without caching
+                except (TypeError, RuntimeError):
+                    # an argument that cannot be hashed, or a nested tensor (it has no single
+                    # shape): counted without caching
                     entry = key = None
                 if entry is None:
                     entry = self._entry(plan, args, kwargs, out)
@@ -1026,17 +1089,9 @@ def _counting_mode_class() -> type:
                 sizes.extend(packed_sizes)
             elif plan.registry_formula is not None or plan.formula is not None:
                 try:
-                    if plan.registry_formula is not None:
-                        flops = int(plan.registry_formula(*args, **kwargs, out_val=out))
-                    else:
-                        bound = dict(zip(plan.argument_names, args, strict=False))
-                        bound.update(kwargs)
-                        flops = int(plan.formula(bound, out))
+                    flops = _formula_flops(plan, args, kwargs, out)
                 except Exception as error:
-                    raise MeterError(
-                        f"counted meter: the MAC formula for {plan.name} failed "
-                        f"({type(error).__name__}: {error})"
-                    ) from error
+                    flops = _flops_by_component(plan, args, kwargs, out, error)
                 precision = self._precision_of(plan, args, kwargs, inputs)
                 if any(tensor.is_complex() for tensor in inputs):
                     flops *= _REAL_MACS_PER_COMPLEX_MAC
@@ -1098,6 +1153,47 @@ def _counting_mode_class() -> type:
                 )
             precision = "fp32" if plan.packed_family == "linear_fp16" else "int8"
             return int(flops), precision, list(bytes_by_dtype)
+
+    def _formula_flops(plan: _OperatorPlan, args: Any, kwargs: Any, out: Any) -> int:
+        if plan.registry_formula is not None:
+            return int(plan.registry_formula(*args, **kwargs, out_val=out))
+        bound = dict(zip(plan.argument_names, args, strict=False))
+        bound.update(kwargs)
+        return int(plan.formula(bound, out))
+
+    def _flops_by_component(
+        plan: _OperatorPlan, args: Any, kwargs: Any, out: Any, error: Exception
+    ) -> int:
+        """A formula that needs one shape, applied to each sequence of nested arguments (each
+        as a batch of one) and summed; ``error`` is raised as a MeterError when no argument
+        is nested or that fails too."""
+        nested = [tensor for tensor in _tensors((args, kwargs.values(), out)) if tensor.is_nested]
+        try:
+            if not nested:
+                raise error
+            parts = {id(tensor): tensor.unbind() for tensor in nested}
+
+            def component(value: Any, index: int) -> Any:
+                if isinstance(value, tensor_type) and id(value) in parts:
+                    return parts[id(value)][index].unsqueeze(0)
+                if isinstance(value, (list, tuple)):
+                    return type(value)(component(item, index) for item in value)
+                return value
+
+            return sum(
+                _formula_flops(
+                    plan,
+                    component(args, index),
+                    {name: component(value, index) for name, value in kwargs.items()},
+                    component(out, index),
+                )
+                for index in range(len(parts[id(nested[0])]))
+            )
+        except Exception as failure:
+            raise MeterError(
+                f"counted meter: the MAC formula for {plan.name} failed "
+                f"({type(failure).__name__}: {failure})"
+            ) from failure
 
     def _argument(plan: _OperatorPlan, name: str, args: Any, kwargs: Any) -> Any:
         if name in kwargs:
