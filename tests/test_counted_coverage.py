@@ -356,6 +356,35 @@ def test_an_operator_without_a_formula_is_named_never_a_quiet_zero():
     assert warning.startswith(f"compute not counted: 3 calls of {name}")
 
 
+def test_in_place_gemms_count_as_their_functional_twins():
+    accumulator = torch.randn(4, 5)
+    left, right = torch.randn(4, 6), torch.randn(6, 5)
+    functional = count(lambda: torch.addmm(accumulator, left, right))
+    in_place = count(lambda: accumulator.clone().addmm_(left, right))
+    assert macs(in_place) == macs(functional) == 4 * 6 * 5
+    batched = count(
+        lambda: torch.randn(2, 4, 5).baddbmm_(torch.randn(2, 4, 6), torch.randn(2, 6, 5))
+    )
+    assert macs(batched) == 2 * 4 * 6 * 5
+    assert in_place.details["uncounted_operators"] == batched.details["uncounted_operators"] == {}
+
+
+def test_untagged_element_wise_sampling_and_indexing_operators_are_memory_only():
+    x = torch.randn(4, 4)
+    reading = count(
+        lambda: (
+            torch.floor_divide(x, 2),
+            torch.rot90(x),
+            torch.take(x, torch.tensor([0, 5])),
+            torch.trace(x),
+            x.clone().exponential_(),
+            torch.dist(x, x.T),
+        )
+    )
+    assert reading.details["uncounted_operators"] == {}
+    assert reading.bytes_moved > 0
+
+
 def test_memory_only_operators_are_not_reported_as_uncounted():
     x = torch.randn(4, 8, 8, 8)
     norm = nn.BatchNorm2d(8).eval()

@@ -479,6 +479,40 @@ _MEMORY_ONLY_WORDS = (
 """Words of operator names that move data (or do O(1) arithmetic per element) but do no
 multiply-accumulates worth a formula: charged for their bytes only, never listed as uncounted."""
 
+_MEMORY_ONLY_NAMES = frozenset(
+    {
+        "floor_divide",
+        "floor_divide_",
+        "rsub",
+        "complex",
+        "polar",
+        "take",
+        "put",
+        "put_",
+        "rot90",
+        "trace",
+        "dist",
+        "linalg_cross",
+        "lu_unpack",
+        "cauchy_",
+        "exponential_",
+        "geometric_",
+        "multinomial",
+        "hash_tensor",
+        "histogram",
+        "_histogramdd_bin_edges",
+        "_histogramdd_from_bin_cts",
+        "_histogramdd_from_bin_tensors",
+        "segment_reduce",
+        "binary_cross_entropy",
+        "binary_cross_entropy_backward",
+        "_segment_reduce_backward",
+        "sparse_mask",
+    }
+)
+"""Whole names of operators that are element-wise, reductions, sampling or data movement but
+carry no tag that says so (found running torch's operator database under counted)."""
+
 _COMPUTE_WORDS = ("matmul", "attention", "dot_product", "householder")
 """Words that mark a name as doing multiply-accumulates (as does any ``_``-separated part
 ending in ``mm``: ``bmm``, ``_int_mm``) even where it also holds a memory-only word
@@ -497,6 +531,8 @@ def _is_memory_only(func: Any) -> bool:
         return True
     name = func._overloadpacket.__name__
     if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
+        return True
+    if name in _MEMORY_ONLY_NAMES:
         return True
     if (
         name == "_trilinear"
@@ -601,6 +637,21 @@ def _fused_rnn(a: Mapping[str, Any], out: Any, factor: int) -> int:
 def _linear(a: Mapping[str, Any], out: Any) -> int:
     """A linear layer on a nested input (``numel`` counts its tokens)."""
     return 2 * out.numel() * int(a["weight"].shape[-1])
+
+
+def _addr(a: Mapping[str, Any], out: Any) -> int:
+    """Outer product added to a matrix: one MAC per output element."""
+    return 2 * out.numel()
+
+
+def _sparse_rows_times_dense(a: Mapping[str, Any], out: Any) -> int:
+    """A sparse matrix times a dense one: one MAC per stored element and output column."""
+    return 2 * int(a["self"]._nnz()) * int(a["other"].shape[-1])
+
+
+def _sampled_addmm(a: Mapping[str, Any], out: Any) -> int:
+    """``mat1 @ mat2`` computed only where the sparse ``self`` stores an element."""
+    return 2 * int(a["self"]._nnz()) * int(a["mat1"].shape[-1])
 
 
 def _matmul(a: Mapping[str, Any], out: Any) -> int:
@@ -765,6 +816,11 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten._weight_int4pack_mm_with_scales_and_zeros": (_by_inner_dimension("self"), ("self",)),
     "aten._mixed_dtypes_linear": (_by_inner_dimension("input"), ("input",)),
     "aten._dyn_quant_matmul_4bit": (_dyn_quant_matmul_4bit, ("inp",)),
+    "aten.addr": (_addr, ("vec1", "vec2")),
+    "aten._scaled_mm_v2": (_by_inner_dimension("self"), ("self", "mat2")),
+    "aten._scaled_grouped_mm_v2": (_grouped_mm, ("self", "mat2")),
+    "aten._sparse_mm_reduce_impl": (_sparse_rows_times_dense, ("other",)),
+    "aten.sparse_sampled_addmm": (_sampled_addmm, ("mat1", "mat2")),
     "aten._grouped_mm": (_grouped_mm, ("self", "mat2")),
     "aten._scaled_grouped_mm": (_grouped_mm, ("self", "mat2")),
     "aten._pdist_forward": (_pdist, ("self",)),
@@ -830,8 +886,10 @@ class _OperatorPlan:
         self.name = str(packet)
         self.argument_names = tuple(argument.name for argument in func._schema.arguments)
         self.moves_bytes = not (func.is_view or func in _no_byte_operators())
-        self.registry_formula = registry.get(packet)
-        custom = _FORMULAS.get(self.name)
+        formula_name = _formula_name(func, registry)
+        formula_packet = getattr(torch.ops.aten, formula_name[5:], packet)
+        self.registry_formula = registry.get(packet) or registry.get(formula_packet)
+        custom = _FORMULAS.get(formula_name)
         self.formula = custom[0] if custom else None
         self.packed_family = _packed_family(func)
         self.nested_plan: _OperatorPlan | None = None
@@ -844,7 +902,7 @@ class _OperatorPlan:
             names = custom[1]
             self.precision_operands: tuple[Any, ...] = names
         else:
-            self.precision_operands = _REGISTRY_PRECISION_OPERANDS.get(self.name, (0, 1))
+            self.precision_operands = _REGISTRY_PRECISION_OPERANDS.get(formula_name, (0, 1))
         self.decomposable = (
             not counts_macs
             and func is not torch.ops.prim.device.default
@@ -878,6 +936,22 @@ class _OperatorPlan:
                 plan.memory_only = False
             self.nested_plan = plan
         return self.nested_plan
+
+
+def _formula_name(func: Any, registry: Mapping[Any, Any]) -> str:
+    """The name whose formula counts ``func``: its own, or for an in-place ``aten`` operator
+    without one (``addmm_``, ``baddbmm_``) its functional twin's, which does the same work."""
+    import torch
+
+    name = str(func._overloadpacket)
+    if func.namespace != "aten" or not name.endswith("_") or name in _FORMULAS:
+        return name
+    if func._overloadpacket in registry:
+        return name
+    twin = getattr(torch.ops.aten, func._overloadpacket.__name__[:-1], None)
+    if twin is not None and (twin in registry or str(twin) in _FORMULAS):
+        return str(twin)
+    return name
 
 
 def _packed_family(func: Any) -> str | None:
@@ -1167,7 +1241,8 @@ def _counting_mode_class() -> type:
         """A formula that needs one shape, applied to each sequence of nested arguments (each
         as a batch of one) and summed; ``error`` is raised as a MeterError when no argument
         is nested or that fails too."""
-        nested = [tensor for tensor in _tensors((args, kwargs.values(), out)) if tensor.is_nested]
+        values = (args, tuple(kwargs.values()), out)
+        nested = [tensor for tensor in _tensors(values) if tensor.is_nested]
         try:
             if not nested:
                 raise error
