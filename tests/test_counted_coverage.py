@@ -189,6 +189,31 @@ def test_backward_counts_about_twice_the_forward_in_training():
     assert 1.8 <= backward.flops / forward.flops <= 2.0
 
 
+@pytest.mark.parametrize("model_name", ["mobilenet_v3_small", "convnext_tiny", "regnet_y_400mf"])
+def test_backward_of_grouped_and_depthwise_convolutions_is_twice_the_forward(model_name):
+    """torch's flop counter charges a grouped convolution's weight gradient ``groups`` times."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(model_name, num_classes=10)
+    images = torch.randn(2, 3, 64, 64)
+    forward = count(lambda: model(images))
+    loss = model(images).sum()
+    backward = count(loss.backward)
+    assert 1.8 <= backward.flops / forward.flops <= 2.0
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_a_convolution_backward_counts_one_forward_per_gradient_it_computes(groups, transposed):
+    layer = (nn.ConvTranspose2d if transposed else nn.Conv2d)(16, 16, 3, padding=1, groups=groups)
+    images = torch.randn(2, 16, 8, 8, requires_grad=True)
+    forward = macs(count(lambda: layer(images)))
+    both = layer(images).sum()
+    assert macs(count(both.backward)) == 2 * forward
+    weight_only = layer(images.detach()).sum()
+    assert macs(count(weight_only.backward)) == forward
+
+
 # --- pairwise distances (torch.cdist: RKD, CC and FPGM in the benchmark) ----------------------
 
 

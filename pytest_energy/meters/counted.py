@@ -768,6 +768,23 @@ def _flash_forward_into(a: Mapping[str, Any], out: Any) -> int:
     )
 
 
+def _convolution_backward(a: Mapping[str, Any], out: Any) -> int:
+    """The input's and the weight's gradients each cost the forward convolution's MACs.
+
+    ``torch.utils.flop_counter`` counts the weight gradient without dividing by ``groups``,
+    so a depthwise convolution's backward came to ``1 + groups`` times its forward."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(
+        list(a["input"].shape),
+        list(a["weight"].shape),
+        list(a["grad_output"].shape),
+        bool(a["transposed"]),
+    )
+    mask = a["output_mask"]
+    return int(forward) * (int(bool(mask[0])) + int(bool(mask[1])))
+
+
 def _onednn_conv(a: Mapping[str, Any], out: Any) -> int:
     from torch.utils.flop_counter import conv_flop_count
 
@@ -809,6 +826,7 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten.addbmm": (_addbmm, ("batch1", "batch2")),
     "aten._addmm_activation": (_addmm_like, ("mat1", "mat2")),
     "aten._int_mm": (_int_mm, ("self", "mat2")),
+    "aten.convolution_backward": (_convolution_backward, ("grad_output", "weight")),
     "aten._trilinear": (_trilinear, ("i1", "i2")),
     "aten._weight_int8pack_mm": (_by_inner_dimension("self"), ("self",)),
     "aten._weight_int4pack_mm": (_by_inner_dimension("self"), ("self",)),
@@ -888,9 +906,11 @@ class _OperatorPlan:
         self.moves_bytes = not (func.is_view or func in _no_byte_operators())
         formula_name = _formula_name(func, registry)
         formula_packet = getattr(torch.ops.aten, formula_name[5:], packet)
-        self.registry_formula = registry.get(packet) or registry.get(formula_packet)
         custom = _FORMULAS.get(formula_name)
         self.formula = custom[0] if custom else None
+        self.registry_formula = (
+            None if custom else registry.get(packet) or registry.get(formula_packet)
+        )
         self.packed_family = _packed_family(func)
         self.nested_plan: _OperatorPlan | None = None
         counts_macs = (
