@@ -352,6 +352,25 @@ def test_a_pt2e_int8_model_is_counted_at_int8_and_below_its_fp32_twin(pt2e_model
     # is counted, so only its arithmetic is cheaper than the fp32 twin's
 
 
+@quantization_warnings
+@pytest.mark.parametrize(("dtype", "precision"), [(torch.qint8, "int8"), (torch.float16, "fp32")])
+def test_dynamically_quantized_recurrent_layers_count_the_float_models_macs(dtype, precision):
+    """``quantize_dynamic``'s LSTM and GRU run as one operator with packed weights."""
+    torch.manual_seed(0)
+    layers = nn.ModuleDict(
+        {"lstm": nn.LSTM(16, 32, num_layers=2, bidirectional=True), "gru": nn.GRU(16, 32)}
+    ).eval()
+    quantized = torch.ao.quantization.quantize_dynamic(layers, {nn.LSTM, nn.GRU}, dtype=dtype)
+    sequence = torch.randn(7, 3, 16)
+    packed = nn.utils.rnn.pack_padded_sequence(sequence, [7, 5, 2])
+    for name in ("lstm", "gru"):
+        for inputs in (sequence, packed):
+            float_reading = count(lambda name=name, inputs=inputs: layers[name](inputs))
+            reading = count(lambda name=name, inputs=inputs: quantized[name](inputs))
+            assert reading.details["macs_by_precision"] == {precision: macs(float_reading)}
+            assert reading.details["uncounted_operators"] == {}
+
+
 def test_scaled_mm_in_float8_is_counted_at_low_precision():
     float8 = getattr(torch, "float8_e4m3fn", None)
     if float8 is None:

@@ -534,6 +534,8 @@ def _is_memory_only(func: Any) -> bool:
         return True
     if name in _MEMORY_ONLY_NAMES:
         return True
+    if name.startswith(("quantized_lstm", "quantized_gru", "quantized_rnn")):
+        return False  # recurrent layers with quantized weights, not a quantize step
     if (
         name == "_trilinear"
         or any(word in name for word in _COMPUTE_WORDS)
@@ -974,12 +976,20 @@ def _formula_name(func: Any, registry: Mapping[Any, Any]) -> str:
     return name
 
 
+_QUANTIZED_RNNS = ("quantized_lstm", "quantized_gru")
+"""``quantize_dynamic``'s recurrent layers: one operator runs every layer and direction with
+packed int8 (or fp16) weights inside ``CellParamsBase`` objects."""
+
+
 def _packed_family(func: Any) -> str | None:
-    """``conv``, ``conv_transpose``, ``linear`` or ``linear_fp16`` for a quantized operator that
-    takes packed weights; ``None`` for every other operator."""
+    """``conv``, ``conv_transpose``, ``linear``, ``linear_fp16`` or ``rnn`` for a quantized
+    operator that takes packed weights; ``None`` for every other operator."""
+    name = func._overloadpacket.__name__
+    if func.namespace == "aten" and name in _QUANTIZED_RNNS:
+        arguments = func._schema.arguments
+        return "rnn" if any("CellParamsBase" in str(arg.type) for arg in arguments) else None
     if func.namespace != "quantized":
         return None
-    name = func._overloadpacket.__name__
     if not any("PackedParamsBase" in str(argument.type) for argument in func._schema.arguments):
         return None
     if name.startswith("conv_transpose"):
@@ -1232,11 +1242,15 @@ def _counting_mode_class() -> type:
         def _count_packed(
             self, plan: _OperatorPlan, args: Any, out: Any
         ) -> tuple[int, str, list[Any]]:
+            if plan.packed_family == "rnn":
+                return self._count_quantized_rnn(args)
             packed = next(arg for arg in args if isinstance(arg, torch.ScriptObject))
             x = next(_tensors(args))
             cached = self.packed_weights.get(id(packed))
             if cached is None:
-                cached = self.packed_weights[id(packed)] = _unpacked_sizes(packed, plan)
+                cached = self.packed_weights[id(packed)] = _unpacked_sizes(
+                    packed, fp16_weights=plan.packed_family == "linear_fp16"
+                )
             _, weight_shape, bytes_by_dtype = cached
             if plan.packed_family.startswith("linear"):
                 flops = 2 * out.numel() * weight_shape[1]
@@ -1247,6 +1261,35 @@ def _counting_mode_class() -> type:
                 )
             precision = "fp32" if plan.packed_family == "linear_fp16" else "int8"
             return int(flops), precision, list(bytes_by_dtype)
+
+        def _count_quantized_rnn(self, args: Any) -> tuple[int, str, list[Any]]:
+            """Every layer and direction sees every token: one MAC per token and element of
+            each cell's input-to-hidden and hidden-to-hidden weights."""
+            inputs = args[0]
+            packed_sequence = isinstance(args[1], tensor_type) and args[1].dim() == 1
+            tokens = (
+                int(inputs.shape[0]) if packed_sequence else inputs.numel() // int(inputs.shape[-1])
+            )
+            cells = next(
+                arg
+                for arg in args
+                if isinstance(arg, list) and arg and not isinstance(arg[0], tensor_type)
+            )
+            macs, kinds, sizes = 0, set(), []
+            for cell in cells:
+                kind, _, _, _, linears = cell.__getstate__()[0]
+                kinds.add(kind)
+                for linear in linears:
+                    cached = self.packed_weights.get(id(linear))
+                    if cached is None:
+                        cached = self.packed_weights[id(linear)] = _unpacked_sizes(
+                            linear, fp16_weights=kind == "quantized_fp16"
+                        )
+                    _, weight_shape, bytes_by_dtype = cached
+                    macs += tokens * weight_shape[0] * weight_shape[1]
+                    sizes.extend(bytes_by_dtype)
+            precision = "int8" if kinds == {"quantized_dynamic"} else "fp32"
+            return 2 * macs, precision, sizes
 
     def _formula_flops(plan: _OperatorPlan, args: Any, kwargs: Any, out: Any) -> int:
         if plan.registry_formula is not None:
@@ -1313,13 +1356,14 @@ def _counting_mode_class() -> type:
     return CountingMode
 
 
-def _unpacked_sizes(packed: Any, plan: _OperatorPlan) -> tuple[Any, tuple[int, ...], list[Any]]:
+def _unpacked_sizes(packed: Any, fp16_weights: bool) -> tuple[Any, tuple[int, ...], list[Any]]:
     """The packed params (kept alive so its id is not reused during the window), the weight's
-    shape and the (dtype, bytes) of its weight and bias as stored."""
+    shape and the (dtype, bytes) of its weight and bias as stored (fp16 weights unpack as
+    fp32)."""
     import torch
 
     weight, bias = packed.unpack()[:2]
-    if plan.packed_family == "linear_fp16":
+    if fp16_weights:
         sizes = [(torch.float16, weight.numel() * 2)]
     else:
         sizes = [(weight.dtype, weight.nbytes)]
