@@ -281,14 +281,16 @@ def test_weight_only_quantized_and_grouped_gemms_count_their_products():
     assert grouped.details["macs_by_precision"] == {"fp16": 16 * 16 * 8}
 
 
-def test_gpu_attention_kernels_whose_names_hold_a_memory_word_have_formulas():
+def test_kernels_that_multiply_are_never_memory_only_though_their_names_hold_a_memory_word():
     from pytest_energy.meters.counted import _is_memory_only
 
     aten = torch.ops.aten
     for kernel in (
-        aten._flash_attention_forward_no_dropout_inplace.default,
-        aten._scaled_dot_product_fused_attention_overrideable_backward.default,
-        aten._weight_int4pack_mm_with_scales_and_zeros.default,
+        aten._flash_attention_forward_no_dropout_inplace.default,  # "dropout"
+        aten._scaled_dot_product_fused_attention_overrideable_backward.default,  # "prod"
+        aten._weight_int4pack_mm_with_scales_and_zeros.default,  # "zero"
+        aten.quantized_lstm.input,  # "quantize"
+        torch.ops.quantized.int4mm_packed_weight_cpu.default,  # the quantized namespace
     ):
         assert not _is_memory_only(kernel), kernel
     assert _is_memory_only(aten.cummax.default)

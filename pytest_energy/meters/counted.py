@@ -530,8 +530,6 @@ def _is_memory_only(func: Any) -> bool:
     if func.namespace in ("quantized_decomposed", "prim", "prims", "profiler", "debugprims"):
         return True
     name = func._overloadpacket.__name__
-    if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
-        return True
     if name in _MEMORY_ONLY_NAMES:
         return True
     if name.startswith(("quantized_lstm", "quantized_gru", "quantized_rnn")):
@@ -542,6 +540,8 @@ def _is_memory_only(func: Any) -> bool:
         or any(part.endswith("mm") for part in name.split("_"))
     ):
         return False
+    if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
+        return True
     if name.endswith("_") and func.namespace == "aten":  # in place: as its functional twin
         functional = getattr(torch.ops.aten, name[:-1], None)
         if functional is not None and "default" in functional.overloads():
@@ -835,6 +835,7 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
     "aten._weight_int4pack_mm_for_cpu": (_by_inner_dimension("self"), ("self",)),
     "aten._weight_int4pack_mm_with_scales_and_zeros": (_by_inner_dimension("self"), ("self",)),
     "aten._mixed_dtypes_linear": (_by_inner_dimension("input"), ("input",)),
+    "quantized.int4mm_packed_weight_cpu": (_by_inner_dimension("self"), ("self",)),
     "aten._dyn_quant_matmul_4bit": (_dyn_quant_matmul_4bit, ("inp",)),
     "aten.addr": (_addr, ("vec1", "vec2")),
     "aten._scaled_mm_v2": (_by_inner_dimension("self"), ("self", "mat2")),
