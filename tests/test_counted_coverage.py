@@ -431,6 +431,26 @@ def test_untagged_element_wise_sampling_and_indexing_operators_are_memory_only()
     assert reading.bytes_moved > 0
 
 
+def test_a_formula_that_fails_names_its_operator_and_the_users_code_runs_on(monkeypatch):
+    from pytest_energy.meters import counted
+
+    library = torch.library.Library("pytest_energy_test", "DEF")
+    library.define("doubled(Tensor x) -> Tensor")
+    library.impl("doubled", lambda x: x * 2, "CPU")
+
+    def failing_formula(arguments, out):
+        raise ValueError("a bug in a MAC formula")
+
+    monkeypatch.setitem(counted._FORMULAS, "pytest_energy_test.doubled", (failing_formula, ("x",)))
+    x = torch.ones(4)
+    results = []
+    reading = count(lambda: results.append(torch.ops.pytest_energy_test.doubled(x)))
+    assert torch.equal(results[0], 2 * x)
+    name = "pytest_energy_test.doubled (its MAC formula raised ValueError)"
+    assert reading.details["uncounted_operators"] == {name: 1}
+    assert uncounted_warning(reading).startswith(f"compute not counted: 1 call of {name}")
+
+
 def test_memory_only_operators_are_not_reported_as_uncounted():
     x = torch.randn(4, 8, 8, 8)
     norm = nn.BatchNorm2d(8).eval()

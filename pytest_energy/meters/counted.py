@@ -73,7 +73,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from pytest_energy.errors import ConfigError, MeasurementError, MeterError
+from pytest_energy.errors import ConfigError, MeasurementError
 from pytest_energy.meters.base import Bookkeeping, Meter, PendingReading, Reading
 
 ENERGY_TABLE_SOURCE = "Horowitz ISSCC 2014, 45 nm"
@@ -1188,7 +1188,7 @@ def _counting_mode_class() -> type:
             inputs = list(_tensors(args)) + list(_tensors(kwargs.values()))
             operands = [*inputs, *_tensors((out,))] if plan.moves_bytes else []
             sizes = [(tensor.dtype, _nbytes(tensor)) for tensor in operands]
-            flops, precision = 0, "fp32"
+            flops, precision, failed = 0, "fp32", None
             if plan.packed_family is not None:
                 flops, precision, packed_sizes = self._count_packed(plan, args, out)
                 sizes.extend(packed_sizes)
@@ -1196,7 +1196,11 @@ def _counting_mode_class() -> type:
                 try:
                     flops = _formula_flops(plan, args, kwargs, out)
                 except Exception as error:
-                    flops = _flops_by_component(plan, args, kwargs, out, error)
+                    by_component = _flops_by_component(plan, args, kwargs, out)
+                    if by_component is None:
+                        # named, never a quiet zero, and the user's code runs on
+                        failed = f"{plan.name} (its MAC formula raised {type(error).__name__})"
+                    flops = by_component or 0
                 precision = self._precision_of(plan, args, kwargs, inputs)
                 if any(tensor.is_complex() for tensor in inputs):
                     flops *= _REAL_MACS_PER_COMPLEX_MAC
@@ -1204,17 +1208,20 @@ def _counting_mode_class() -> type:
             for dtype, size in sizes:
                 by_dtype[dtype] = by_dtype.get(dtype, 0) + size
             return _Entry(
-                name=plan.name,
+                name=failed or plan.name,
                 precision=precision,
                 flops=flops,
                 operand_bytes=tuple(sorted(size for _, size in sizes)),
                 bytes_by_dtype=tuple(by_dtype.items()),
-                uncounted=not plan.memory_only
-                and not flops
-                and bool(inputs)
-                and plan.registry_formula is None
-                and plan.formula is None
-                and plan.packed_family is None,
+                uncounted=failed is not None
+                or (
+                    not plan.memory_only
+                    and not flops
+                    and bool(inputs)
+                    and plan.registry_formula is None
+                    and plan.formula is None
+                    and plan.packed_family is None
+                ),
             )
 
         def _precision_of(
@@ -1299,17 +1306,14 @@ def _counting_mode_class() -> type:
         bound.update(kwargs)
         return int(plan.formula(bound, out))
 
-    def _flops_by_component(
-        plan: _OperatorPlan, args: Any, kwargs: Any, out: Any, error: Exception
-    ) -> int:
+    def _flops_by_component(plan: _OperatorPlan, args: Any, kwargs: Any, out: Any) -> int | None:
         """A formula that needs one shape, applied to each sequence of nested arguments (each
-        as a batch of one) and summed; ``error`` is raised as a MeterError when no argument
-        is nested or that fails too."""
+        as a batch of one) and summed; None when no argument is nested or that fails too."""
         values = (args, tuple(kwargs.values()), out)
         nested = [tensor for tensor in _tensors(values) if tensor.is_nested]
+        if not nested:
+            return None
         try:
-            if not nested:
-                raise error
             parts = {id(tensor): tensor.unbind() for tensor in nested}
 
             def component(value: Any, index: int) -> Any:
@@ -1328,11 +1332,8 @@ def _counting_mode_class() -> type:
                 )
                 for index in range(len(parts[id(nested[0])]))
             )
-        except Exception as failure:
-            raise MeterError(
-                f"counted meter: the MAC formula for {plan.name} failed "
-                f"({type(failure).__name__}: {failure})"
-            ) from failure
+        except Exception:
+            return None
 
     def _argument(plan: _OperatorPlan, name: str, args: Any, kwargs: Any) -> Any:
         if name in kwargs:
