@@ -520,6 +520,22 @@ ending in ``mm``: ``bmm``, ``_int_mm``) even where it also holds a memory-only w
 such an operator is counted by a formula or named as uncounted, never charged as data movement."""
 
 
+_QUANTIZED_RNNS = ("quantized_lstm", "quantized_gru")
+"""``quantize_dynamic``'s recurrent layers: one operator runs every layer and direction with
+packed int8 (or fp16) weights inside ``CellParamsBase`` objects."""
+
+
+def _functional_twin(func: Any) -> Any | None:
+    """The functional ``aten`` packet of an in-place ``aten`` operator (``addmm`` for
+    ``addmm_``), which does the same work; None for any other operator."""
+    import torch
+
+    name = func._overloadpacket.__name__
+    if func.namespace != "aten" or not name.endswith("_"):
+        return None
+    return getattr(torch.ops.aten, name[:-1], None)
+
+
 def _is_memory_only(func: Any) -> bool:
     """Whether ``func`` is element-wise, a reduction, a copy or data movement (bytes only)."""
     import torch
@@ -532,7 +548,7 @@ def _is_memory_only(func: Any) -> bool:
     name = func._overloadpacket.__name__
     if name in _MEMORY_ONLY_NAMES:
         return True
-    if name.startswith(("quantized_lstm", "quantized_gru", "quantized_rnn")):
+    if name.startswith((*_QUANTIZED_RNNS, "quantized_rnn")):
         return False  # recurrent layers with quantized weights, not a quantize step
     if (
         name == "_trilinear"
@@ -542,12 +558,11 @@ def _is_memory_only(func: Any) -> bool:
         return False
     if func.namespace == "quantized" and not name.startswith(("conv", "linear", "matmul")):
         return True
-    if name.endswith("_") and func.namespace == "aten":  # in place: as its functional twin
-        functional = getattr(torch.ops.aten, name[:-1], None)
-        if functional is not None and "default" in functional.overloads():
-            twin_tags = functional.default.tags
-            if torch.Tag.pointwise in twin_tags or torch.Tag.reduction in twin_tags:
-                return True
+    functional = _functional_twin(func)  # in place: as its functional twin
+    if functional is not None and "default" in functional.overloads():
+        twin_tags = functional.default.tags
+        if torch.Tag.pointwise in twin_tags or torch.Tag.reduction in twin_tags:
+            return True
     return any(word in name for word in _MEMORY_ONLY_WORDS)
 
 
@@ -636,11 +651,6 @@ def _fused_rnn(a: Mapping[str, Any], out: Any, factor: int) -> int:
     return 2 * factor * _rnn_tokens(a["input"], a.get("batch_sizes")) * weights
 
 
-def _linear(a: Mapping[str, Any], out: Any) -> int:
-    """A linear layer on a nested input (``numel`` counts its tokens)."""
-    return 2 * out.numel() * int(a["weight"].shape[-1])
-
-
 def _addr(a: Mapping[str, Any], out: Any) -> int:
     """Outer product added to a matrix: one MAC per output element."""
     return 2 * out.numel()
@@ -654,11 +664,6 @@ def _sparse_rows_times_dense(a: Mapping[str, Any], out: Any) -> int:
 def _sampled_addmm(a: Mapping[str, Any], out: Any) -> int:
     """``mat1 @ mat2`` computed only where the sparse ``self`` stores an element."""
     return 2 * int(a["self"]._nnz()) * int(a["mat1"].shape[-1])
-
-
-def _matmul(a: Mapping[str, Any], out: Any) -> int:
-    """One MAC per output element and element of the inner dimension (any ranks)."""
-    return 2 * out.numel() * int(a["self"].shape[-1])
 
 
 def _mv(a: Mapping[str, Any], out: Any) -> int:
@@ -723,8 +728,8 @@ def _trilinear(a: Mapping[str, Any], out: Any) -> int:
 
 
 def _by_inner_dimension(operand: str) -> Callable[[Mapping[str, Any], Any], int]:
-    """A GEMM whose weight is packed or quantized: one MAC per output element and element of
-    ``operand``'s last (inner) dimension."""
+    """A GEMM (packed or quantized weights, nested inputs): one MAC per output element and
+    element of ``operand``'s last (inner) dimension."""
 
     def flops(a: Mapping[str, Any], out: Any) -> int:
         return 2 * out.numel() * int(a[operand].shape[-1])
@@ -859,8 +864,8 @@ _FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str
 the arguments whose dtype (and dequantize origin) sets the precision."""
 
 _NESTED_FORMULAS: Mapping[str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str, ...]]] = {
-    "aten.linear": (_linear, ("input", "weight")),
-    "aten.matmul": (_matmul, ("self", "other")),
+    "aten.linear": (_by_inner_dimension("weight"), ("input", "weight")),
+    "aten.matmul": (_by_inner_dimension("self"), ("self", "other")),
 }
 """Formulas for composite operators that a nested (strided) tensor runs with a kernel of its
 own instead of their dense decomposition."""
@@ -907,13 +912,10 @@ class _OperatorPlan:
         self.name = str(packet)
         self.argument_names = tuple(argument.name for argument in func._schema.arguments)
         self.moves_bytes = not (func.is_view or func in _no_byte_operators())
-        formula_name = _formula_name(func, registry)
-        formula_packet = getattr(torch.ops.aten, formula_name[5:], packet)
-        custom = _FORMULAS.get(formula_name)
+        source = _formula_source(func, registry)
+        custom = _FORMULAS.get(str(source))
         self.formula = custom[0] if custom else None
-        self.registry_formula = (
-            None if custom else registry.get(packet) or registry.get(formula_packet)
-        )
+        self.registry_formula = None if custom else registry.get(source)
         self.packed_family = _packed_family(func)
         self.nested_plan: _OperatorPlan | None = None
         counts_macs = (
@@ -925,7 +927,7 @@ class _OperatorPlan:
             names = custom[1]
             self.precision_operands: tuple[Any, ...] = names
         else:
-            self.precision_operands = _REGISTRY_PRECISION_OPERANDS.get(formula_name, (0, 1))
+            self.precision_operands = _REGISTRY_PRECISION_OPERANDS.get(str(source), (0, 1))
         self.decomposable = (
             not counts_macs
             and func is not torch.ops.prim.device.default
@@ -961,25 +963,16 @@ class _OperatorPlan:
         return self.nested_plan
 
 
-def _formula_name(func: Any, registry: Mapping[Any, Any]) -> str:
-    """The name whose formula counts ``func``: its own, or for an in-place ``aten`` operator
-    without one (``addmm_``, ``baddbmm_``) its functional twin's, which does the same work."""
-    import torch
-
-    name = str(func._overloadpacket)
-    if func.namespace != "aten" or not name.endswith("_") or name in _FORMULAS:
-        return name
-    if func._overloadpacket in registry:
-        return name
-    twin = getattr(torch.ops.aten, func._overloadpacket.__name__[:-1], None)
+def _formula_source(func: Any, registry: Mapping[Any, Any]) -> Any:
+    """The packet whose formula counts ``func``: its own, or for an in-place operator without
+    one (``addmm_``, ``baddbmm_``) its functional twin's."""
+    packet = func._overloadpacket
+    if packet in registry or str(packet) in _FORMULAS:
+        return packet
+    twin = _functional_twin(func)
     if twin is not None and (twin in registry or str(twin) in _FORMULAS):
-        return str(twin)
-    return name
-
-
-_QUANTIZED_RNNS = ("quantized_lstm", "quantized_gru")
-"""``quantize_dynamic``'s recurrent layers: one operator runs every layer and direction with
-packed int8 (or fp16) weights inside ``CellParamsBase`` objects."""
+        return twin
+    return packet
 
 
 def _packed_family(func: Any) -> str | None:
@@ -1190,7 +1183,7 @@ def _counting_mode_class() -> type:
             sizes = [(tensor.dtype, _nbytes(tensor)) for tensor in operands]
             flops, precision, failed = 0, "fp32", None
             if plan.packed_family is not None:
-                flops, precision, packed_sizes = self._count_packed(plan, args, out)
+                flops, precision, packed_sizes = self._count_packed(plan, args, kwargs, out)
                 sizes.extend(packed_sizes)
             elif plan.registry_formula is not None or plan.formula is not None:
                 try:
@@ -1247,19 +1240,25 @@ def _counting_mode_class() -> type:
                     return marks[0]
             return _precision(operands[0].dtype)
 
-        def _count_packed(
-            self, plan: _OperatorPlan, args: Any, out: Any
-        ) -> tuple[int, str, list[Any]]:
-            if plan.packed_family == "rnn":
-                return self._count_quantized_rnn(args)
-            packed = next(arg for arg in args if isinstance(arg, torch.ScriptObject))
-            x = next(_tensors(args))
+        def _packed_weight(
+            self, packed: Any, fp16_weights: bool
+        ) -> tuple[Any, tuple[int, ...], list[Any]]:
+            """``_unpacked_sizes`` of ``packed``, unpacked once per window."""
             cached = self.packed_weights.get(id(packed))
             if cached is None:
-                cached = self.packed_weights[id(packed)] = _unpacked_sizes(
-                    packed, fp16_weights=plan.packed_family == "linear_fp16"
-                )
-            _, weight_shape, bytes_by_dtype = cached
+                cached = self.packed_weights[id(packed)] = _unpacked_sizes(packed, fp16_weights)
+            return cached
+
+        def _count_packed(
+            self, plan: _OperatorPlan, args: Any, kwargs: Any, out: Any
+        ) -> tuple[int, str, list[Any]]:
+            if plan.packed_family == "rnn":
+                return self._count_quantized_rnn(plan, args, kwargs)
+            packed = next(arg for arg in args if isinstance(arg, torch.ScriptObject))
+            x = next(_tensors(args))
+            _, weight_shape, bytes_by_dtype = self._packed_weight(
+                packed, fp16_weights=plan.packed_family == "linear_fp16"
+            )
             if plan.packed_family.startswith("linear"):
                 flops = 2 * out.numel() * weight_shape[1]
             else:
@@ -1270,30 +1269,24 @@ def _counting_mode_class() -> type:
             precision = "fp32" if plan.packed_family == "linear_fp16" else "int8"
             return int(flops), precision, list(bytes_by_dtype)
 
-        def _count_quantized_rnn(self, args: Any) -> tuple[int, str, list[Any]]:
+        def _count_quantized_rnn(
+            self, plan: _OperatorPlan, args: Any, kwargs: Any
+        ) -> tuple[int, str, list[Any]]:
             """Every layer and direction sees every token: one MAC per token and element of
             each cell's input-to-hidden and hidden-to-hidden weights."""
-            inputs = args[0]
-            packed_sequence = isinstance(args[1], tensor_type) and args[1].dim() == 1
-            tokens = (
-                int(inputs.shape[0]) if packed_sequence else inputs.numel() // int(inputs.shape[-1])
-            )
-            cells = next(
-                arg
-                for arg in args
-                if isinstance(arg, list) and arg and not isinstance(arg[0], tensor_type)
-            )
+            inputs = _argument(plan, "input", args, kwargs)
+            if inputs is None:  # the packed-sequence overload
+                inputs = _argument(plan, "data", args, kwargs)
+            tokens = _rnn_tokens(inputs, _argument(plan, "batch_sizes", args, kwargs))
+            cells = _argument(plan, "params", args, kwargs)
             macs, kinds, sizes = 0, set(), []
             for cell in cells:
                 kind, _, _, _, linears = cell.__getstate__()[0]
                 kinds.add(kind)
                 for linear in linears:
-                    cached = self.packed_weights.get(id(linear))
-                    if cached is None:
-                        cached = self.packed_weights[id(linear)] = _unpacked_sizes(
-                            linear, fp16_weights=kind == "quantized_fp16"
-                        )
-                    _, weight_shape, bytes_by_dtype = cached
+                    _, weight_shape, bytes_by_dtype = self._packed_weight(
+                        linear, fp16_weights=kind == "quantized_fp16"
+                    )
                     macs += tokens * weight_shape[0] * weight_shape[1]
                     sizes.extend(bytes_by_dtype)
             precision = "int8" if kinds == {"quantized_dynamic"} else "fp32"
