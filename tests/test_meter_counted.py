@@ -102,6 +102,63 @@ def test_windows_cannot_nest_and_stop_needs_a_start():
     meter.stop()
 
 
+def dispatch_mode_state():
+    """What torch knows of the active dispatch modes: its three flags and its mode stack."""
+    from torch.utils import _python_dispatch as python_dispatch
+
+    return (
+        python_dispatch._is_in_torch_dispatch_mode,
+        python_dispatch._is_in_non_infra_torch_dispatch_mode,
+        python_dispatch._is_in_any_mode_without_ignore_compile_internals,
+        [torch._C._get_dispatch_stack_at(i) for i in range(torch._C._len_torch_dispatch_stack())],
+    )
+
+
+def test_a_window_leaves_torchs_dispatch_modes_as_it_found_them():
+    """counted ends a window with a quicker copy of torch's mode exit, used only where torch's
+    exit is the one it copies (this torch's: the assertion below says it is in use)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class UsersMode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    assert counted_module._counting_mode_class().__exit__ is not TorchDispatchMode.__exit__
+    meter = CountedMeter()
+    before = dispatch_mode_state()
+    meter.start()
+    assert dispatch_mode_state() != before
+    meter.stop()
+    assert dispatch_mode_state() == before
+    with UsersMode():
+        in_users_mode = dispatch_mode_state()
+        meter.start()
+        torch.ones(2) + 1
+        assert meter.stop().flops == 0  # an add: bytes, no MACs
+        assert dispatch_mode_state() == in_users_mode
+    assert dispatch_mode_state() == before
+
+
+def test_compiled_code_runs_compiled_again_after_a_window():
+    runs_of_the_compiled_graph = []
+
+    def recording_backend(graph, example_inputs):
+        def run(*args):
+            runs_of_the_compiled_graph.append(1)
+            return graph(*args)
+
+        return run
+
+    model = nn.Linear(4, 4)
+    compiled = torch.compile(model, backend=recording_backend)
+    x = torch.randn(2, 4)
+    compiled(x)
+    assert count(lambda: compiled(x)).flops == 2 * (2 * 4 * 4)  # in the window: its eager code
+    runs_before = len(runs_of_the_compiled_graph)
+    compiled(x)
+    assert len(runs_of_the_compiled_graph) == runs_before + 1
+
+
 def test_close_ends_a_window_left_open():
     meter = CountedMeter()
     meter.start()
