@@ -147,6 +147,23 @@ def test_scaled_dot_product_attention_forward_and_backward_on_cpu():
     ) > macs(forward)
 
 
+def test_grouped_query_attention_counts_every_query_head_forward_and_backward():
+    """Llama-style attention: 4 query heads share 2 key/value heads."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    query = torch.randn(BATCH, 4, TOKENS, 8, requires_grad=True)
+    key, value = (torch.randn(BATCH, 2, TOKENS, 8, requires_grad=True) for _ in range(2))
+    attend = nn.functional.scaled_dot_product_attention
+    output = attend(query, key, value, enable_gqa=True)
+    forward = count(lambda: attend(query, key, value, enable_gqa=True))
+    backward = count(output.sum().backward)
+    assert macs(forward) == 2 * BATCH * 4 * TOKENS * TOKENS * 8
+    assert backward.details["uncounted_operators"] == {}
+    assert backward.details["flops_by_operator"][
+        "aten._scaled_dot_product_flash_attention_for_cpu_backward"
+    ] == sdpa_backward_flop_count(query.shape, query.shape, key.shape, value.shape)
+
+
 def test_two_layer_lstm_forward_and_backward_match_the_hand_formula():
     torch.manual_seed(0)
     inputs, hidden, steps = 8, 16, 5
@@ -486,6 +503,100 @@ def test_torch_compiled_code_is_counted_like_the_eager_code():
     assert dataclasses.replace(count(lambda: compiled(x)), seconds=0) == dataclasses.replace(
         eager, seconds=0
     )
+
+
+def test_code_compiled_with_fullgraph_is_counted_like_the_eager_code():
+    """Under a dispatch mode dynamo compiles no frame, which fullgraph=True takes for an error;
+    in a window torch.compile's directives are ignored (its force_eager stance) instead."""
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4)
+    x = torch.randn(8, 16)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled(x)
+    assert dataclasses.replace(count(lambda: compiled(x)), seconds=0) == dataclasses.replace(
+        count(lambda: model(x)), seconds=0
+    )
+    compiled(x)  # after the window: compiled again, without an error
+
+
+# --- higher-order operators ---------------------------------------------------------------------
+
+SQUARE = 4
+"""Side of the square matrices the control-flow tests multiply: one product is SQUARE³ MACs."""
+
+
+def test_the_branch_torch_cond_takes_is_counted():
+    weight = torch.randn(SQUARE, SQUARE)
+    x = torch.randn(SQUARE, SQUARE)
+
+    def branch_taken(predicate):
+        return count(lambda: torch.cond(predicate, lambda t: t @ weight, lambda t: t + 1, (x,)))
+
+    assert macs(branch_taken(torch.tensor(True))) == SQUARE**3
+    assert macs(branch_taken(torch.tensor(False))) == 0  # an add: its bytes only
+    assert branch_taken(torch.tensor(False)).details["uncounted_operators"] == {}
+
+
+def test_every_iteration_of_while_loop_scan_and_map_is_counted():
+    from torch._higher_order_ops.map import map as map_over
+    from torch._higher_order_ops.scan import scan
+    from torch._higher_order_ops.while_loop import while_loop
+
+    weight = torch.randn(SQUARE, SQUARE)
+    x = torch.randn(SQUARE, SQUARE)
+    three = torch.randn(3, SQUARE, SQUARE)
+    readings = {
+        "while_loop": count(
+            lambda: while_loop(
+                lambda i, t: i < 3, lambda i, t: (i + 1, t @ weight), (torch.tensor(0), x)
+            )
+        ),
+        "scan": count(lambda: scan(lambda carry, t: (carry @ t, carry.clone()), x, three)),
+        "map": count(lambda: map_over(lambda t: t @ weight, three)),
+    }
+    for reading in readings.values():
+        assert macs(reading) == 3 * SQUARE**3
+        assert reading.details["uncounted_operators"] == {}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("key_value_heads", [2, 1])
+def test_flex_attention_is_counted_as_the_dense_attention_it_computes(key_value_heads):
+    """Eager flex_attention compiles itself; in a window it runs its higher-order operator,
+    counted as scaled-dot-product attention with the same shapes."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    query = torch.randn(BATCH, 2, TOKENS, 8)
+    key, value = (torch.randn(BATCH, key_value_heads, TOKENS, 8) for _ in range(2))
+    gqa = key_value_heads != 2
+
+    def relative_position(score, batch, head, query_index, key_index):
+        return score + (query_index - key_index)
+
+    flex = count(lambda: flex_attention(query, key, value, relative_position, enable_gqa=gqa))
+    sdpa = count(
+        lambda: nn.functional.scaled_dot_product_attention(query, key, value, enable_gqa=gqa)
+    )
+    assert flex.details["flops_by_operator"]["higher_order.flex_attention"] == sdpa.flops
+    assert flex.details["uncounted_operators"] == {}
+
+
+def test_a_higher_order_operator_given_no_function_and_no_formula_is_named():
+    from torch._C import DispatchKey
+    from torch._ops import HigherOrderOperator
+
+    class OpaqueKernel(HigherOrderOperator):
+        def __init__(self) -> None:
+            super().__init__("opaque_kernel")
+
+        def __call__(self, x):
+            return super().__call__(x)
+
+    opaque_kernel = OpaqueKernel()
+    opaque_kernel.py_impl(DispatchKey.CompositeExplicitAutograd)(lambda x: x * 2)
+    opaque_kernel.fallthrough(DispatchKey.AutogradCPU)
+    reading = count(lambda: opaque_kernel(torch.randn(3)))
+    assert reading.details["uncounted_operators"] == {"higher_order.opaque_kernel": 1}
 
 
 # --- what the user sees -----------------------------------------------------------------------

@@ -39,9 +39,9 @@ precision; int8 MACs accumulate in int32 (``int8_mult_pj + int32_add_pj``). floa
 operands are charged as fp32, bfloat16 and 8-bit floats as fp16, 16/32/64-bit integers as int32
 (the table has no closer row). ``pytest-energy calibrate`` fits the table to a real meter.
 
-``torch.compile``d code is counted: while a dispatch mode is active, compiled functions run
-their original eager code, so counted sees and counts every operator (the timed meters beside
-it in a shared window then time that eager run, too).
+``torch.compile``d code is counted: a window sets torch.compile's ``force_eager`` stance, so
+compiled functions (``fullgraph=True`` ones too) run their original eager code and counted
+sees every operator (the timed meters beside it in a shared window then time that eager run).
 
 Counting's own cost is nobody's TEC. Per operator call, the dispatch mode costs a few
 microseconds of CPU on the window's thread (a Python call per operator; formulas, precision
@@ -55,9 +55,12 @@ of a timed meter is the same with or without counted beside it, within its noise
 cost is measured on a loop whose code stays in cache; a real step's kernels evict it, so what
 is taken out is a lower bound (``python -m benchmarks.overhead`` prints both).
 
-Not counted: work that bypasses the torch dispatcher (direct C++ kernels), higher-order
-operators (run, not counted), and operators run on threads other than the window's own
-(except autograd's).
+Higher-order operators (``torch.cond``, ``while_loop``, ``scan``, ``map``): the functions
+they are given run with the dispatch mode active, so the branch taken and every loop
+iteration are counted; ``flex_attention`` (and its backward) is counted as dense attention.
+
+Not counted: work that bypasses the torch dispatcher (direct C++ kernels), and operators run
+on threads other than the window's own (except autograd's).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -582,20 +586,29 @@ def _sdpa_forward(a: Mapping[str, Any], out: Any) -> int:
     )
 
 
+def _batch_heads_rows_columns(shape: Any) -> list[int]:
+    """``shape`` as [batch, heads, rows, columns], the dimensions before the heads folded into
+    the batch: grouped-query attention keeps fewer key/value heads than query heads."""
+    leading = [int(size) for size in shape[:-2]] or [1]
+    return [_product(leading[:-1]), leading[-1], int(shape[-2]), int(shape[-1])]
+
+
 def _sdpa_backward(a: Mapping[str, Any], out: Any) -> int:
     from torch.utils.flop_counter import sdpa_backward_flop_count
 
-    def four_d(shape: Any) -> list[int]:
-        return [_product(shape[:-2]), 1, int(shape[-2]), int(shape[-1])]
-
     return int(
         sdpa_backward_flop_count(
-            four_d(a["grad_out"].shape),
-            four_d(a["query"].shape),
-            four_d(a["key"].shape),
-            four_d(a["value"].shape),
+            _batch_heads_rows_columns(a["grad_out"].shape),
+            _batch_heads_rows_columns(a["query"].shape),
+            _batch_heads_rows_columns(a["key"].shape),
+            _batch_heads_rows_columns(a["value"].shape),
         )
     )
+
+
+def _flex_attention_backward(a: Mapping[str, Any], out: Any) -> int:
+    grad_out = a["grad_out"] if a.get("grad_out") is not None else a["out"]
+    return _sdpa_backward({**a, "grad_out": grad_out}, out)
 
 
 def _projected_attention_flops(query: Any, key: Any, embed_dim: int) -> int:
@@ -886,6 +899,19 @@ _PRECISION_OVERRIDES: Mapping[str, str] = {
 }
 
 
+_HIGHER_ORDER_FORMULAS: Mapping[
+    str, tuple[Callable[[Mapping[str, Any], Any], int], tuple[str, ...]]
+] = {
+    "flex_attention": (_sdpa_forward, ("query", "key", "value")),
+    "flex_attention_backward": (
+        _flex_attention_backward,
+        ("query", "key", "value", "out", "logsumexp", "grad_out"),
+    ),
+}
+"""Higher-order operators counted by a formula: (formula, names of the leading arguments).
+flex_attention as dense attention, the upper bound of a block-sparse kernel's work."""
+
+
 class _OperatorPlan:
     """How one operator overload is counted; worked out once per overload."""
 
@@ -947,6 +973,21 @@ class _OperatorPlan:
             torch.Tag.dynamic_output_shape in func.tags
             or torch.Tag.data_dependent_output in func.tags
         )
+
+    @classmethod
+    def for_higher_order(cls, func: Any) -> _OperatorPlan:
+        """The plan of a higher-order operator (torch.cond, while_loop, scan, flex_attention):
+        a formula where ``_HIGHER_ORDER_FORMULAS`` has one, its tensors' bytes, never cached."""
+        plan = cls.__new__(cls)
+        plan.name = f"higher_order.{func.name()}"
+        formula, plan.argument_names = _HIGHER_ORDER_FORMULAS.get(func.name(), (None, ()))
+        plan.formula = formula
+        plan.precision_operands = plan.argument_names[:2]
+        plan.registry_formula = plan.packed_family = plan.nested_plan = None
+        plan.moves_bytes = True
+        plan.decomposable = plan.memory_only = plan.passthrough = False
+        plan.marks_quantized = plan.cacheable = False
+        return plan
 
     def for_nested(self) -> _OperatorPlan:
         """This operator's plan for nested inputs: its nested formula, if any, instead of the
@@ -1107,6 +1148,7 @@ def _counting_mode_class() -> type:
     entries: dict[Any, _Entry] = {}
     tensor_type = torch.Tensor
     op_overload = torch._ops.OpOverload
+    higher_order_operator = torch._ops.HigherOrderOperator
 
     def _tensors(values: Any) -> Iterator[torch.Tensor]:
         for value in values:
@@ -1158,6 +1200,8 @@ def _counting_mode_class() -> type:
     class CountingMode(TorchDispatchMode):
         """Runs each operator unchanged and adds one call of its cached entry to the tally."""
 
+        supports_higher_order_operators = True
+
         def __init__(self) -> None:
             super().__init__()
             self.tally = _Tally()
@@ -1171,6 +1215,8 @@ def _counting_mode_class() -> type:
             kwargs = kwargs or {}
             plan = getattr(func, "_pytest_energy_plan", None)  # faster than hashing func
             if plan is None:
+                if isinstance(func, higher_order_operator):
+                    return self._run_higher_order(func, args, kwargs)
                 if not isinstance(func, op_overload):
                     return func(*args, **kwargs)
                 plan = _OperatorPlan(func, flop_registry)
@@ -1221,6 +1267,47 @@ def _counting_mode_class() -> type:
             slot = entry if self.module_path is None else (entry, self.module_path())
             calls[slot] = calls.get(slot, 0) + 1
             return out
+
+        def _run_higher_order(self, func: Any, args: Any, kwargs: Any) -> Any:
+            """Run a higher-order operator: one with a formula is counted by it; the functions
+            given to the others (branches, loop bodies) run with this mode active, so what
+            they run is counted (the operator's own glue, stacking outputs, is not); one
+            given no function is named as uncounted."""
+            plan = _OperatorPlan.for_higher_order(func)
+            if plan.formula is None:
+                functions: list[Any] = []
+                args = self._counting_functions(args, functions)
+                kwargs = {
+                    name: self._counting_functions(value, functions)
+                    for name, value in kwargs.items()
+                }
+                if functions:
+                    return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if not _traced(out):
+                entry = self._entry(plan, args, kwargs, out)
+                calls = self.tally.calls
+                slot = entry if self.module_path is None else (entry, self.module_path())
+                calls[slot] = calls.get(slot, 0) + 1
+            return out
+
+        def _counting_functions(self, value: Any, wrapped: list[Any]) -> Any:
+            """``value`` with every Python function in it run under this mode (appended to
+            ``wrapped``); operators and classes stay as they are."""
+            if isinstance(value, (list, tuple)):
+                return type(value)(self._counting_functions(item, wrapped) for item in value)
+            if not callable(value) or isinstance(
+                value, (type, tensor_type, op_overload, higher_order_operator)
+            ):
+                return value
+            mode = self
+
+            def counted_function(*args: Any, **kwargs: Any) -> Any:
+                with mode:
+                    return value(*args, **kwargs)
+
+            wrapped.append(value)
+            return counted_function
 
         def _mark_dequantized(self, args: Any, out: Any) -> None:
             source = next(_tensors(args), None)
@@ -1408,6 +1495,25 @@ def _counting_mode_class() -> type:
     return CountingMode
 
 
+def _eager_compile_stance() -> Any:
+    """torch.compile's ``force_eager`` stance, set now (``__exit__`` restores the one before).
+
+    In a window, compiled functions run their eager code, which the dispatch mode sees: a
+    compiled kernel bypasses it, and under the mode dynamo would skip every frame, which
+    ``fullgraph=True`` (and eager ``flex_attention``, which compiles itself) turns into an
+    error. None where torch.compile has not been imported (nothing to run eagerly, nothing
+    spent) or inside a compiled region (the stance cannot change there).
+    """
+    if "torch._dynamo" not in sys.modules:
+        return None
+    import torch
+
+    try:
+        return torch.compiler.set_stance("force_eager")
+    except RuntimeError:
+        return None
+
+
 def _unpacked_sizes(packed: Any, fp16_weights: bool) -> tuple[Any, tuple[int, ...], list[Any]]:
     """The packed params (kept alive so its id is not reused during the window), the weight's
     shape and the (dtype, bytes) of its weight and bias as stored (fp16 weights unpack as
@@ -1495,6 +1601,7 @@ class CountedMeter(Meter):
         picklable for distributed runs; treat them as read-only)."""
         self._mode: Any = None
         self._tracker: Any = None
+        self._compile_stance: Any = None
         self._innermost_mode: Callable[[], Any] = lambda: None
         self._window_thread: int | None = None
         self._started_seconds = 0.0
@@ -1543,6 +1650,7 @@ class CountedMeter(Meter):
             self._tracker = _ModuleStack()
             self._tracker.__enter__()
             mode.module_path = self._tracker.innermost
+        self._compile_stance = _eager_compile_stance()
         mode.__enter__()
         self._window_thread = threading.get_ident()
         self._started_seconds = time.perf_counter()
@@ -1566,17 +1674,21 @@ class CountedMeter(Meter):
                 "exit it before the window closes"
             )
         self._mode.__exit__(None, None, None)
-        self._end_tracking()
+        self._end_window()
         self._window_thread = None
         tally = self._mode.tally
         self._mode.packed_weights.clear()
         return functools.partial(self._reading, tally, stopped_seconds - self._started_seconds)
 
-    def _end_tracking(self) -> None:
+    def _end_window(self) -> None:
+        """Leave what ``start`` entered besides the dispatch mode: module tracking, the stance."""
         if self._tracker is not None:
             self._tracker.__exit__(None, None, None)
             self._tracker = None
             self._mode.module_path = None
+        if self._compile_stance is not None:
+            self._compile_stance.__exit__(None, None, None)
+            self._compile_stance = None
 
     def _entry_joules(self, entry: _Entry) -> tuple[float, int, int]:
         """(joules, SRAM bytes, DRAM bytes) of one call of ``entry``."""
@@ -1723,7 +1835,7 @@ class CountedMeter(Meter):
         """Close a window left open, so the dispatch mode does not outlive the meter."""
         if self._window_thread == threading.get_ident():
             self._mode.__exit__(None, None, None)
-            self._end_tracking()
+            self._end_window()
             self._window_thread = None
 
 
