@@ -139,6 +139,24 @@ def test_a_window_leaves_torchs_dispatch_modes_as_it_found_them():
     assert dispatch_mode_state() == before
 
 
+def test_a_window_ignores_torch_compile_and_restores_the_users_stance_after_it():
+    """In a window compiled code runs eagerly (torch.compile's force_eager stance), set by a
+    quicker copy of torch's stance change on this torch; the user's stance comes back."""
+    from torch._dynamo import eval_frame
+
+    assert counted_module._quick_force_eager(eval_frame) is not None
+    meter = CountedMeter()
+    with torch.compiler.set_stance("eager_on_recompile"):
+        users_stance = eval_frame._stance
+        meter.start()
+        assert eval_frame._stance.stance == "force_eager"
+        meter.stop()
+        assert eval_frame._stance is users_stance
+    meter.start()
+    meter.close()
+    assert eval_frame._stance.stance == "default"
+
+
 def test_compiled_code_runs_compiled_again_after_a_window():
     runs_of_the_compiled_graph = []
 

@@ -1084,6 +1084,13 @@ def _nbytes(tensor: Any) -> int:
             return 0
 
 
+def _uses_exactly(function: Any, names: frozenset[str]) -> bool:
+    """Whether ``function``'s code refers to exactly ``names``: the torch internals a quick
+    copy reproduces are still the ones torch runs (another set: another version of them)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and frozenset(code.co_names) == names
+
+
 _TORCH_MODE_EXIT_NAMES = frozenset(
     {
         "__dict__",
@@ -1115,13 +1122,8 @@ def _quick_mode_exit(mode_class: type) -> Callable[[Any, Any, Any, Any], None] |
     import torch
     import torch.utils._python_dispatch as python_dispatch
 
-    torch_exit = getattr(mode_class.__exit__, "__code__", None)
     pop_stack = getattr(torch._C, "_pop_torch_dispatch_stack", None)
-    if (
-        torch_exit is None
-        or pop_stack is None
-        or frozenset(torch_exit.co_names) != _TORCH_MODE_EXIT_NAMES
-    ):
+    if pop_stack is None or not _uses_exactly(mode_class.__exit__, _TORCH_MODE_EXIT_NAMES):
         return None
     tell_cpp = python_dispatch.set_is_in_mode_without_ignore_compile_internals
 
@@ -1495,23 +1497,61 @@ def _counting_mode_class() -> type:
     return CountingMode
 
 
-def _eager_compile_stance() -> Any:
-    """torch.compile's ``force_eager`` stance, set now (``__exit__`` restores the one before).
+_TORCH_SET_STANCE_NAMES = frozenset(
+    {"RuntimeError", "_stance", "get_eval_frame_callback", "torch._C._dynamo.eval_frame"}
+)
+"""The names ``torch._dynamo.eval_frame._set_stance`` uses in the torch versions whose stance
+change ``_force_eager_compile`` reproduces."""
+
+
+def _force_eager_compile() -> Callable[[], None] | None:
+    """Set torch.compile's ``force_eager`` stance now; returns what restores the one before.
 
     In a window, compiled functions run their eager code, which the dispatch mode sees: a
     compiled kernel bypasses it, and under the mode dynamo would skip every frame, which
     ``fullgraph=True`` (and eager ``flex_attention``, which compiles itself) turns into an
-    error. None where torch.compile has not been imported (nothing to run eagerly, nothing
-    spent) or inside a compiled region (the stance cannot change there).
+    error. None where torch.compile is not loaded (nothing to run eagerly, nothing spent) or
+    inside a compiled region (the stance cannot change there).
     """
-    if "torch._dynamo" not in sys.modules:
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is None:
         return None
+    quick = _quick_force_eager(eval_frame)
+    if quick is not None:
+        return quick()
     import torch
 
     try:
-        return torch.compiler.set_stance("force_eager")
+        stance = torch.compiler.set_stance("force_eager")
     except RuntimeError:
         return None
+    return functools.partial(stance.__exit__, None, None, None)
+
+
+@functools.cache
+def _quick_force_eager(eval_frame: Any) -> Callable[[], Callable[[], None] | None] | None:
+    """``torch.compiler.set_stance("force_eager")`` for one window without its 5 µs, or None.
+
+    The public call builds a stance object and, twice, runs an import statement that costs
+    2 µs here, at every window of every process that imported torchvision (which loads
+    dynamo). The quick one swaps the stance as ``_set_stance`` does, refusing inside a
+    compiled region as it does, and only where ``_set_stance`` is the one it reproduces.
+    """
+    if not _uses_exactly(getattr(eval_frame, "_set_stance", None), _TORCH_SET_STANCE_NAMES):
+        return None
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback
+
+    force_eager = eval_frame.DynamoStance("force_eager")
+
+    def set_force_eager() -> Callable[[], None] | None:
+        callback = get_eval_frame_callback()
+        if callback is not False and callback is not None:
+            return None
+        restore = functools.partial(setattr, eval_frame, "_stance", eval_frame._stance)
+        eval_frame._stance = force_eager
+        return restore
+
+    return set_force_eager
 
 
 def _unpacked_sizes(packed: Any, fp16_weights: bool) -> tuple[Any, tuple[int, ...], list[Any]]:
@@ -1601,7 +1641,7 @@ class CountedMeter(Meter):
         picklable for distributed runs; treat them as read-only)."""
         self._mode: Any = None
         self._tracker: Any = None
-        self._compile_stance: Any = None
+        self._restore_compile_stance: Callable[[], None] | None = None
         self._innermost_mode: Callable[[], Any] = lambda: None
         self._window_thread: int | None = None
         self._started_seconds = 0.0
@@ -1650,7 +1690,7 @@ class CountedMeter(Meter):
             self._tracker = _ModuleStack()
             self._tracker.__enter__()
             mode.module_path = self._tracker.innermost
-        self._compile_stance = _eager_compile_stance()
+        self._restore_compile_stance = _force_eager_compile()
         mode.__enter__()
         self._window_thread = threading.get_ident()
         self._started_seconds = time.perf_counter()
@@ -1686,9 +1726,9 @@ class CountedMeter(Meter):
             self._tracker.__exit__(None, None, None)
             self._tracker = None
             self._mode.module_path = None
-        if self._compile_stance is not None:
-            self._compile_stance.__exit__(None, None, None)
-            self._compile_stance = None
+        if self._restore_compile_stance is not None:
+            self._restore_compile_stance()
+            self._restore_compile_stance = None
 
     def _entry_joules(self, entry: _Entry) -> tuple[float, int, int]:
         """(joules, SRAM bytes, DRAM bytes) of one call of ``entry``."""
