@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -625,6 +626,44 @@ def test_the_summary_warns_which_operators_were_not_counted(pytester):
             "1 call of aten.*eigh*",
         ]
     )
+
+
+COMPILED_LIFECYCLE_TEST = """
+import torch
+from torch import nn
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.cond(x.sum() > -1e9, self.layer, torch.neg, (x,))
+
+def test_compiled(energy):
+    layer = nn.Linear(16, 16)
+    compiled_layer = torch.compile(layer, backend="eager", fullgraph=True)
+    gated = torch.compile(Gated(), backend="eager", fullgraph=True)
+    x = torch.randn(8, 16)
+    with energy.train("fit"):
+        compiled_layer(x).sum().backward()
+    with torch.no_grad():
+        energy.inference(lambda: gated(x), rounds=2, warmup=1)
+"""
+
+
+def test_a_users_fullgraph_compiled_model_with_control_flow_is_measured(pytester):
+    pytester.makepyfile(test_compiled=COMPILED_LIFECYCLE_TEST)
+    result = pytester.runpytest(
+        "--energy", "--energy-meter", "cputime,counted", "--energy-json", "r.json"
+    )
+    result.assert_outcomes(passed=1)
+    assert "not counted" not in result.stdout.str()
+    counted = json.loads((pytester.path / "r.json").read_text())["tests"][
+        "test_compiled.py::test_compiled"
+    ]["meters"]["counted"]
+    assert counted["iec_joules_per_sample"] > 0
+    assert counted["tec_joules"] > 0
 
 
 # --- breakdown ----------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ is taken out is a lower bound (``python -m benchmarks.overhead`` prints both).
 Higher-order operators (``torch.cond``, ``while_loop``, ``scan``, ``map``): the functions
 they are given run with the dispatch mode active, so the branch taken and every loop
 iteration are counted; ``flex_attention`` (and its backward) is counted as dense attention.
+Differentiating through ``torch.cond`` fails under any dispatch mode (torch's limitation: its
+eager path lifts the branches' parameters by compiling, which dynamo skips under a mode).
 
 Not counted: work that bypasses the torch dispatcher (direct C++ kernels), and operators run
 on threads other than the window's own (except autograd's).
