@@ -582,6 +582,21 @@ def test_flex_attention_is_counted_as_the_dense_attention_it_computes(key_value_
     assert flex.details["uncounted_operators"] == {}
 
 
+def test_flex_attentions_backward_counts_as_scaled_dot_product_attentions():
+    """flex_attention's backward runs on GPUs only; its formula is checked on its arguments."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    from pytest_energy.meters.counted import _HIGHER_ORDER_FORMULAS
+
+    formula, names = _HIGHER_ORDER_FORMULAS["flex_attention_backward"]
+    query, out = torch.empty(BATCH, 4, TOKENS, 8), torch.empty(BATCH, 4, TOKENS, 8)
+    key = value = torch.empty(BATCH, 2, TOKENS, 8)
+    expected = sdpa_backward_flop_count(out.shape, query.shape, key.shape, value.shape)
+    arguments = dict(zip(names, (query, key, value, out, None, out), strict=True))
+    assert formula(arguments, None) == expected
+    assert formula({**arguments, "grad_out": None}, None) == expected  # out's shape then
+
+
 def test_a_higher_order_operator_given_no_function_and_no_formula_is_named():
     from torch._C import DispatchKey
     from torch._ops import HigherOrderOperator
