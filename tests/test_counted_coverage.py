@@ -55,6 +55,61 @@ def test_torchvision_published_giga_macs_within_one_percent(name):
     assert reading.details["uncounted_operators"] == {}
 
 
+def test_every_module_in_torchs_module_database_counts_forward_and_backward():
+    """torch's own catalogue of nn modules and their sample inputs (torch.testing), in training
+    and in eval: wherever a sample runs without counting, it runs counted, with every operator
+    of its forward and backward counted or memory-only, none named as uncounted."""
+    from torch.testing._internal.common_modules import module_db
+
+    def step(module_info, training, index):
+        torch.manual_seed(0)
+        sample = module_info.module_inputs_func(
+            module_info, device="cpu", dtype=torch.float32, requires_grad=True, training=training
+        )[index]
+        constructor, forward = sample.constructor_input, sample.forward_input
+        module = module_info.module_cls(*constructor.args, **constructor.kwargs).train(training)
+
+        def run():
+            outputs = torch.utils._pytree.tree_leaves(module(*forward.args, **forward.kwargs))
+            differentiable = [t for t in outputs if isinstance(t, torch.Tensor) and t.requires_grad]
+            if differentiable:
+                sum(t.sum() for t in differentiable).backward()
+
+        return run
+
+    counted_samples, problems = 0, []
+    for module_info in module_db:
+        for training in (True, False):
+            try:
+                samples = len(
+                    module_info.module_inputs_func(
+                        module_info,
+                        device="cpu",
+                        dtype=torch.float32,
+                        requires_grad=True,
+                        training=training,
+                    )
+                )
+            except Exception:
+                continue
+            for index in range(min(samples, 3)):
+                try:
+                    step(module_info, training, index)()
+                except Exception:
+                    continue  # the sample fails without counting too
+                label = f"{module_info.name} (training={training}, sample {index})"
+                try:
+                    reading = count(step(module_info, training, index))
+                except Exception as error:
+                    problems.append(f"{label}: {type(error).__name__}: {error}")
+                    continue
+                counted_samples += 1
+                if reading.details["uncounted_operators"]:
+                    problems.append(f"{label}: {reading.details['uncounted_operators']}")
+    assert problems == []
+    assert counted_samples > 500
+
+
 # --- attention and recurrent layers against the hand formula ----------------------------------
 
 EMBED, HEADS, FEED_FORWARD, BATCH, TOKENS = 16, 2, 32, 2, 5
