@@ -166,12 +166,18 @@ def test_make_installs_with_the_constraints_and_can_refresh_them() -> None:
 
 
 def test_this_environment_has_the_pinned_versions() -> None:
-    """`make test` installed from constraints.txt: every pinned package present is that version."""
+    """`make test` installed from constraints.txt: every pinned package present is that version.
+
+    Read from the environment's site-packages, not from whatever ``sys.path`` holds by now
+    (importing torch.testing puts setuptools' vendored copies, an older packaging, on it).
+    """
+    import sysconfig
     from importlib import metadata
 
+    site_packages = sorted({sysconfig.get_paths()[key] for key in ("purelib", "platlib")})
     installed = {
         normalise(distribution.metadata["Name"]): distribution.version
-        for distribution in metadata.distributions()
+        for distribution in metadata.distributions(path=site_packages)
     }
     wrong = {
         name: f"{installed[name]} installed, {version} pinned"
