@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import itertools
 import json
 
 import pytest
@@ -55,57 +57,60 @@ def test_torchvision_published_giga_macs_within_one_percent(name):
     assert reading.details["uncounted_operators"] == {}
 
 
+def module_samples(module_info, training):
+    """The catalogue's sample inputs for one module (none where it cannot make them here)."""
+    torch.manual_seed(0)
+    try:
+        return module_info.module_inputs_func(
+            module_info, device="cpu", dtype=torch.float32, requires_grad=True, training=training
+        )
+    except Exception:
+        return []
+
+
+def module_step(module_info, training, index):
+    """A fresh module and sample: a function running its forward and backward."""
+    sample = module_samples(module_info, training)[index]
+    constructor, forward = sample.constructor_input, sample.forward_input
+    module = module_info.module_cls(*constructor.args, **constructor.kwargs).train(training)
+
+    def run():
+        outputs = torch.utils._pytree.tree_leaves(module(*forward.args, **forward.kwargs))
+        differentiable = [t for t in outputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        if differentiable:
+            sum(t.sum() for t in differentiable).backward()
+
+    return run
+
+
+def runnable_module_samples():
+    """(label, step maker) for up to three samples per module and mode that run uncounted."""
+    from torch.testing._internal.common_modules import module_db
+
+    for module_info, training in itertools.product(module_db, (True, False)):
+        for index in range(min(len(module_samples(module_info, training)), 3)):
+            make_step = functools.partial(module_step, module_info, training, index)
+            try:
+                make_step()()
+            except Exception:
+                continue  # the sample fails without counting too
+            yield f"{module_info.name} (training={training}, sample {index})", make_step
+
+
 def test_every_module_in_torchs_module_database_counts_forward_and_backward():
     """torch's own catalogue of nn modules and their sample inputs (torch.testing), in training
     and in eval: wherever a sample runs without counting, it runs counted, with every operator
     of its forward and backward counted or memory-only, none named as uncounted."""
-    from torch.testing._internal.common_modules import module_db
-
-    def step(module_info, training, index):
-        torch.manual_seed(0)
-        sample = module_info.module_inputs_func(
-            module_info, device="cpu", dtype=torch.float32, requires_grad=True, training=training
-        )[index]
-        constructor, forward = sample.constructor_input, sample.forward_input
-        module = module_info.module_cls(*constructor.args, **constructor.kwargs).train(training)
-
-        def run():
-            outputs = torch.utils._pytree.tree_leaves(module(*forward.args, **forward.kwargs))
-            differentiable = [t for t in outputs if isinstance(t, torch.Tensor) and t.requires_grad]
-            if differentiable:
-                sum(t.sum() for t in differentiable).backward()
-
-        return run
-
     counted_samples, problems = 0, []
-    for module_info in module_db:
-        for training in (True, False):
-            try:
-                samples = len(
-                    module_info.module_inputs_func(
-                        module_info,
-                        device="cpu",
-                        dtype=torch.float32,
-                        requires_grad=True,
-                        training=training,
-                    )
-                )
-            except Exception:
-                continue
-            for index in range(min(samples, 3)):
-                try:
-                    step(module_info, training, index)()
-                except Exception:
-                    continue  # the sample fails without counting too
-                label = f"{module_info.name} (training={training}, sample {index})"
-                try:
-                    reading = count(step(module_info, training, index))
-                except Exception as error:
-                    problems.append(f"{label}: {type(error).__name__}: {error}")
-                    continue
-                counted_samples += 1
-                if reading.details["uncounted_operators"]:
-                    problems.append(f"{label}: {reading.details['uncounted_operators']}")
+    for label, make_step in runnable_module_samples():
+        try:
+            reading = count(make_step())
+        except Exception as error:
+            problems.append(f"{label}: {type(error).__name__}: {error}")
+            continue
+        counted_samples += 1
+        if reading.details["uncounted_operators"]:
+            problems.append(f"{label}: {reading.details['uncounted_operators']}")
     assert problems == []
     assert counted_samples > 500
 
