@@ -214,7 +214,7 @@ def cases() -> list[Case]:
              prepare=lambda p: None),
         # --- files ---------------------------------------------------------------------------
         Case("corrupt baseline is kept", "files", [*METER, "--energy-save"],
-             r"cputime-.*\.json", protect=("baselines/cputime-intel-xeon-2t.json",),
+             r"cputime-.*\.json", protect=(_cputime_baseline(),),
              prepare=lambda p: _corrupt_baseline(p)),
         Case("baselines dir is a file", "files", [*METER, "--energy-baselines=b",
              "--energy-save"], r"\bb\b.*(not a directory|regular file)", protect=("b",),
@@ -275,9 +275,18 @@ def cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def _cputime_baseline() -> str:
+    """This machine's cputime baseline file, named as the gate names it."""
+    from pytest_energy.gate.profiles import profile_for
+    from pytest_energy.gate.store import baseline_path
+    from pytest_energy.meters.cputime import CpuTimeMeter
+
+    return baseline_path("baselines", profile_for(CpuTimeMeter())).as_posix()
+
+
 def _corrupt_baseline(project: Path) -> None:
     (project / "baselines").mkdir()
-    (project / "baselines" / "cputime-intel-xeon-2t.json").write_text('{"schema": "pytest-e')
+    (project / _cputime_baseline()).write_text('{"schema": "pytest-e')
 
 
 def _results(project: Path, name: str) -> None:
