@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 LOCK_VENV ?= .lock-venv
-PIP_FLAGS := --quiet --disable-pip-version-check
+PIP_FLAGS := --quiet --disable-pip-version-check --no-cache-dir
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # Two pytest-xdist workers of one torch thread each on a CPU-only machine: the smoke suite then
