@@ -10,8 +10,10 @@ side, and printed with the targets:
   measured with each meter against not measured;
 * through the ``energy`` fixture, as users open windows: ``with energy.train(...)`` for each
   meter set, counted's slowdown of training steps in one ``energy.train`` window (with the
-  counts of every run compared) split into torch's dispatch floor (the same steps under a
-  dispatch mode that only calls each operator) and counting's own share, and the cputime TEC
+  counts of every run compared), of the small CNN and of the GPU check's ResNet-56 at batch
+  128 (larger operators, over which a cost per operator call weighs less), split into torch's
+  dispatch floor (the same steps under a dispatch mode that only calls each operator) and
+  counting's own share, and counted's added time per operator call; and the cputime TEC
   of those steps with and without counted beside it (counting's own CPU time is taken out of
   cputime's reading: the row says how much).
 """
@@ -27,10 +29,13 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tabulate import tabulate
 
+from benchmarks.lowcarbon.loads import random_batch_training_step
+from benchmarks.lowcarbon.models import CifarResNet
 from pytest_energy.fixture import EnergyFixture, energy_fixture_with
 from pytest_energy.meters import MeterOptions, meter_class, probe_meters
 from pytest_energy.meters.base import Meter
@@ -41,7 +46,11 @@ CODECARBON_FACTOR_TARGET = 25.0
 SLOWDOWN_TARGET_PERCENT = 1.0
 COUNTED_SLOWDOWN_TARGET_PERCENT = 10.0
 BLOCK_STEPS = 3
-"""Training steps per window when counted's slowdown is measured in interleaved pairs."""
+"""Training steps per window when counted's slowdown of the small CNN is measured in blocks."""
+RESNET56_BATCH_SIZE = 128
+"""The GPU check's ResNet-56 load, timed here on the CPU: one step per block."""
+SMALL_CNN_LOAD = "small CNN (2 convs, batch 32)"
+RESNET56_LOAD = f"ResNet-56, batch {RESNET56_BATCH_SIZE}"
 
 
 def energy_fixture(meters: Sequence[Meter]) -> EnergyFixture:
@@ -219,6 +228,110 @@ def slowdown_percent(
     return 100.0 * (min(measured_seconds) / min(bare_seconds) - 1.0)
 
 
+@dataclass(frozen=True)
+class CountedSlowdown:
+    """counted's slowdown of one training load, from interleaved blocks (percent of bare)."""
+
+    blocks: int
+    steps_per_block: int
+    counted_percent: float
+    quartiles_percent: tuple[float, float]
+    floor_percent: float
+    own_percent: float
+    distinct_flops: tuple[float, ...]
+    runs: int
+    operator_calls_per_step: int
+    microseconds_per_operator_call: float
+
+    def rows(self, load: str) -> list[list[str]]:
+        counts = (
+            f"counts identical in {self.runs} runs"
+            if len(self.distinct_flops) == 1
+            else f"COUNTS DIFFER: {list(self.distinct_flops)}"
+        )
+        return [
+            [
+                f"{load}: counted, one energy.train window",
+                f"{self.counted_percent:+.1f} %",
+                "ok" if self.counted_percent <= COUNTED_SLOWDOWN_TARGET_PERCENT else "OVER 10 %",
+                f"median of {self.blocks} interleaved blocks of {self.steps_per_block}-step "
+                f"windows (quartiles {self.quartiles_percent[0]:+.1f} … "
+                f"{self.quartiles_percent[1]:+.1f} %); {counts}",
+            ],
+            [
+                f"{load}: torch's dispatch floor in it",
+                f"{self.floor_percent:+.1f} %",
+                "reported",
+                "the same steps under a dispatch mode that only calls each operator (torch's "
+                "per-operator Python dispatch, which any exact operator count pays)",
+            ],
+            [
+                f"{load}: counting's own share",
+                f"{self.own_percent:+.1f} %",
+                "reported",
+                "counted against the dispatch floor, block by block (cache lookup, tally)",
+            ],
+            [
+                f"{load}: cost per operator call",
+                f"{self.microseconds_per_operator_call:.1f} µs",
+                "reported",
+                f"counted's added CPU time per step divided by the step's "
+                f"{self.operator_calls_per_step} operator calls",
+            ],
+        ]
+
+
+def counted_slowdown(
+    step: Callable[[], None], counted: Meter, blocks: int, steps_per_block: int
+) -> CountedSlowdown:
+    """counted's slowdown of ``step`` in one ``energy.train`` window, split into torch's floor.
+
+    Short windows interleaved many times, judged on the median ratio within each block: runs of
+    30 steps on this VM move by ±30 % from one to the next, more than counting costs. Each block
+    also runs the steps under a dispatch mode that only calls each operator: what any
+    per-operator Python hook costs in torch, the floor under counted's own share.
+    """
+    setups = ("bare", "dispatch floor", "counted")
+    step()
+    counted_ratios: list[float] = []
+    floor_ratios: list[float] = []
+    bare_seconds: list[float] = []
+    counted_flops: list[float] = []
+    for block in range(blocks):
+        seconds_by_setup = {}
+        for setup in setups[block % 3 :] + setups[: block % 3]:
+            meters_in_window = [counted] if setup == "counted" else []
+            floor = passthrough_mode() if setup == "dispatch floor" else contextlib.nullcontext()
+            with floor:
+                seconds, _, flops = fixture_training(step, steps_per_block, meters_in_window, 1)
+            seconds_by_setup[setup] = seconds
+            counted_flops.extend(flops)
+        counted_ratios.append(seconds_by_setup["counted"] / seconds_by_setup["bare"])
+        floor_ratios.append(seconds_by_setup["dispatch floor"] / seconds_by_setup["bare"])
+        bare_seconds.append(seconds_by_setup["bare"] / steps_per_block)
+    counted.start()
+    step()
+    operator_calls = int(counted.stop().details["operator_calls"])
+    counted_ratio = statistics.median(counted_ratios)
+    own_ratio = statistics.median(c / f for c, f in zip(counted_ratios, floor_ratios, strict=True))
+    quartiles = statistics.quantiles(counted_ratios, n=4) if blocks > 1 else [counted_ratio] * 3
+    return CountedSlowdown(
+        blocks=blocks,
+        steps_per_block=steps_per_block,
+        counted_percent=100.0 * (counted_ratio - 1.0),
+        quartiles_percent=(100.0 * (quartiles[0] - 1.0), 100.0 * (quartiles[2] - 1.0)),
+        floor_percent=100.0 * (statistics.median(floor_ratios) - 1.0),
+        own_percent=100.0 * (own_ratio - 1.0),
+        distinct_flops=tuple(sorted(set(counted_flops))),
+        runs=len(counted_flops),
+        operator_calls_per_step=operator_calls,
+        microseconds_per_operator_call=(counted_ratio - 1.0)
+        * statistics.median(bare_seconds)
+        / operator_calls
+        * 1e6,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2000, help="windows per timed batch")
@@ -226,6 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=11, help="interleaved workload repeats")
     parser.add_argument(
         "--blocks", type=int, default=99, help="interleaved blocks (bare, dispatch floor, counted)"
+    )
+    parser.add_argument(
+        "--resnet-blocks",
+        type=int,
+        default=7,
+        help=f"interleaved one-step blocks of {RESNET56_LOAD} (0: skip)",
     )
     parser.add_argument("--task-windows", type=int, default=200, help="codecarbon task windows")
     args = parser.parse_args(argv)
@@ -304,63 +423,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     training_rows = []
     step = run.step  # type: ignore[attr-defined]
-    # Short windows interleaved many times, judged on the median ratio within each block: runs
-    # of 30 steps on this VM move by ±30 % from one to the next, more than counting costs. Each
-    # block also runs the steps under a dispatch mode that only calls each operator: what any
-    # per-operator Python hook costs in torch, the floor under counted's own share.
-    counted_ratios: list[float] = []
-    floor_ratios: list[float] = []
-    counted_flops: list[float] = []
-    setups = ("bare", "dispatch floor", "counted")
-    for block in range(args.blocks):
-        seconds_by_setup = {}
-        for setup in setups[block % 3 :] + setups[: block % 3]:
-            meters_in_window = [meters["counted"]] if setup == "counted" else []
-            floor = passthrough_mode() if setup == "dispatch floor" else contextlib.nullcontext()
-            with floor:
-                seconds, _, flops = fixture_training(step, BLOCK_STEPS, meters_in_window, 1)
-            seconds_by_setup[setup] = seconds
-            counted_flops.extend(flops)
-        counted_ratios.append(seconds_by_setup["counted"] / seconds_by_setup["bare"])
-        floor_ratios.append(seconds_by_setup["dispatch floor"] / seconds_by_setup["bare"])
-    counted_slowdown = 100.0 * (statistics.median(counted_ratios) - 1.0)
-    floor_slowdown = 100.0 * (statistics.median(floor_ratios) - 1.0)
-    own_share = 100.0 * (
-        statistics.median(c / f for c, f in zip(counted_ratios, floor_ratios, strict=True)) - 1.0
-    )
-    quartiles = statistics.quantiles(counted_ratios, n=4)
-    identical = len(set(counted_flops)) == 1
-    training_rows.append(
-        [
-            "counted alone, one energy.train window",
-            f"{counted_slowdown:+.1f} %",
-            "ok" if counted_slowdown <= COUNTED_SLOWDOWN_TARGET_PERCENT else "OVER 10 %",
-            f"median of {args.blocks} interleaved blocks of {BLOCK_STEPS}-step windows "
-            f"(quartiles {100 * (quartiles[0] - 1):+.1f} … {100 * (quartiles[2] - 1):+.1f} %); "
-            + (
-                f"counts identical in {len(counted_flops)} runs"
-                if identical
-                else f"COUNTS DIFFER: {sorted(set(counted_flops))}"
-            ),
-        ]
-    )
-    training_rows.append(
-        [
-            "counted: torch's dispatch floor in it",
-            f"{floor_slowdown:+.1f} %",
-            "reported",
-            "the same steps under a dispatch mode that only calls each operator (torch's "
-            "per-operator Python dispatch, which any exact operator count pays)",
-        ]
-    )
-    training_rows.append(
-        [
-            "counted: counting's own share",
-            f"{own_share:+.1f} %",
-            "reported",
-            "counted against the dispatch floor, block by block (cache lookup, tally)",
-        ]
-    )
+    loads = [
+        (SMALL_CNN_LOAD, step, BLOCK_STEPS, args.blocks),
+        (
+            RESNET56_LOAD,
+            random_batch_training_step(CifarResNet(56, 16, 10), RESNET56_BATCH_SIZE),
+            1,
+            args.resnet_blocks,
+        ),
+    ]
+    for load, load_step, steps_per_block, blocks in loads:
+        if blocks <= 0:
+            continue
+        slowdown = counted_slowdown(load_step, meters["counted"], blocks, steps_per_block)
+        training_rows.extend(slowdown.rows(load))
     if "cputime" in meters and "counted" in meters:
         per_call_microseconds = bookkeeping_seconds_per_call() * 1e6  # measured once, up front
         alone_joules, beside_joules, removed_seconds = [], [], []
@@ -433,9 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     print(
-        f"\nTraining steps in one energy.train window (counted's slowdown: {args.blocks} "
-        f"interleaved blocks of {BLOCK_STEPS} steps; cputime TEC: {args.steps} steps, "
-        f"{args.repeats} repeats):\n"
+        f"\nTraining steps in one energy.train window (cputime TEC: {args.steps} small-CNN "
+        f"steps, {args.repeats} repeats):\n"
     )
     print(
         tabulate(

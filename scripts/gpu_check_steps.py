@@ -398,20 +398,11 @@ def gemm_load(torch: ModuleType) -> Callable[[], None]:
 
 def resnet56_training(torch: ModuleType, batch_size: int = 128) -> Callable[[], None]:
     """One SGD step of the benchmark's CIFAR ResNet-56 on a random batch, on the device."""
+    from benchmarks.lowcarbon.loads import random_batch_training_step
     from benchmarks.lowcarbon.models import CifarResNet
 
     torch.manual_seed(0)
-    model = CifarResNet(56, 16, 10).to(device())
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    images = torch.randn(batch_size, 3, 32, 32, device=device())
-    labels = torch.randint(0, 10, (batch_size,), device=device())
-
-    def step() -> None:
-        optimiser.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimiser.step()
-
-    return step
+    return random_batch_training_step(CifarResNet(56, 16, 10), batch_size, device())
 
 
 def _run_for(torch: ModuleType, work: Callable[[], None], seconds: float) -> None:
