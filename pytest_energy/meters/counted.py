@@ -50,10 +50,11 @@ through before any of it). In ``energy.inference`` counted counts one call in a 
 own. In a window it shares with a timed meter (``energy.train``), counted reports that CPU
 time (``bookkeeping``: its operator calls × the cost of one call, measured once per process by
 ``bookkeeping_seconds_per_call``) and the timed meter takes it out of its reading
-(``cputime`` does; ``rapl`` and ``nvml`` read whole-device counters and cannot), so the TEC
-of a timed meter is the same with or without counted beside it, within its noise. The per-call
+(``cputime`` does; ``rapl`` and ``nvml`` read whole-device counters and cannot). The per-call
 cost is measured on a loop whose code stays in cache; a real step's kernels evict it, so what
-is taken out is a lower bound (``python -m benchmarks.overhead`` prints both).
+is taken out is a lower bound, and cputime beside counted still reads a few % high on loads of
+short operators (``python -m benchmarks.overhead`` prints both). A larger figure would take
+out more than counting cost on loads of tiny tensors.
 
 Higher-order operators (``torch.cond``, ``while_loop``, ``scan``, ``map``): the functions
 they are given run with the dispatch mode active, so the branch taken and every loop
