@@ -34,8 +34,7 @@ from dataclasses import dataclass
 import torch
 from tabulate import tabulate
 
-from benchmarks.lowcarbon.loads import random_batch_training_step
-from benchmarks.lowcarbon.models import CifarResNet
+from benchmarks.lowcarbon.loads import resnet56_training_step
 from pytest_energy.fixture import EnergyFixture, energy_fixture_with
 from pytest_energy.meters import MeterOptions, meter_class, probe_meters
 from pytest_energy.meters.base import Meter
@@ -424,18 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     training_rows = []
     step = run.step  # type: ignore[attr-defined]
     loads = [
-        (SMALL_CNN_LOAD, step, BLOCK_STEPS, args.blocks),
-        (
-            RESNET56_LOAD,
-            random_batch_training_step(CifarResNet(56, 16, 10), RESNET56_BATCH_SIZE),
-            1,
-            args.resnet_blocks,
-        ),
+        (SMALL_CNN_LOAD, lambda: step, BLOCK_STEPS, args.blocks),
+        (RESNET56_LOAD, lambda: resnet56_training_step(RESNET56_BATCH_SIZE), 1, args.resnet_blocks),
     ]
-    for load, load_step, steps_per_block, blocks in loads:
+    for load, build_step, steps_per_block, blocks in loads:
         if blocks <= 0:
             continue
-        slowdown = counted_slowdown(load_step, meters["counted"], blocks, steps_per_block)
+        slowdown = counted_slowdown(build_step(), meters["counted"], blocks, steps_per_block)
         training_rows.extend(slowdown.rows(load))
     if "cputime" in meters and "counted" in meters:
         per_call_microseconds = bookkeeping_seconds_per_call() * 1e6  # measured once, up front

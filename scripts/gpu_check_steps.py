@@ -398,11 +398,9 @@ def gemm_load(torch: ModuleType) -> Callable[[], None]:
 
 def resnet56_training(torch: ModuleType, batch_size: int = 128) -> Callable[[], None]:
     """One SGD step of the benchmark's CIFAR ResNet-56 on a random batch, on the device."""
-    from benchmarks.lowcarbon.loads import random_batch_training_step
-    from benchmarks.lowcarbon.models import CifarResNet
+    from benchmarks.lowcarbon.loads import resnet56_training_step
 
-    torch.manual_seed(0)
-    return random_batch_training_step(CifarResNet(56, 16, 10), batch_size, device())
+    return resnet56_training_step(batch_size, device())
 
 
 def _run_for(torch: ModuleType, work: Callable[[], None], seconds: float) -> None:
